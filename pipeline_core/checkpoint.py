@@ -1,0 +1,135 @@
+"""Checkpoints: everything needed to continue a run and end with the same bytes.
+
+A checkpoint holds the image's parameters, every step's own state (an optimiser's moments),
+every random generator, the iteration reached and which video segment comes next. It is
+written atomically, so a crash while writing leaves the previous checkpoint intact. A resumed
+run writes its frames to a new segment; when it ends, the segments are joined into
+video.mp4 without re-encoding.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import imageio_ffmpeg
+import torch
+
+from .errors import RecipeError
+from .record import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .step import Step
+
+FILE = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    iteration: int
+    image: torch.Tensor
+    param: dict[str, torch.Tensor]
+    steps: dict[int, Any]
+    generators: dict[int, torch.Tensor]
+    segment: int
+    wall_seconds: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, ctx: "RunContext", steps: "list[Step]", iteration: int, segment: int,
+                wall_seconds: float) -> "Checkpoint":
+        assert ctx.param is not None
+        step_states = {}
+        for step in steps:
+            getter = getattr(step, "state_dict", None)
+            if getter is not None:
+                step_states[step.index] = _to_cpu(getter())
+        return cls(
+            iteration=iteration,
+            image=ctx.param.image().detach().cpu().clone(),
+            param=_to_cpu(ctx.param.state_dict()),
+            steps=step_states,
+            generators={i: g.get_state() for i, g in ctx.generators.items()},
+            segment=segment,
+            wall_seconds=wall_seconds,
+            state=_to_cpu(dict(ctx.state)),
+        )
+
+    def restore(self, ctx: "RunContext", steps: "list[Step]") -> None:
+        assert ctx.param is not None
+        ctx.param.load_state_dict({k: v.to(ctx.device) for k, v in self.param.items()})
+        for step in steps:
+            if step.index in self.steps and hasattr(step, "load_state_dict"):
+                step.load_state_dict(_to_device(self.steps[step.index], ctx.device))
+        for index, state in self.generators.items():
+            ctx.generators[index] = torch.Generator().manual_seed(0)
+            ctx.generators[index].set_state(state)
+        ctx.state.update(_to_device(self.state, ctx.device))
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
+    buf = io.BytesIO()
+    torch.save(checkpoint.__dict__, buf)
+    atomic_write_bytes(run_dir / FILE, buf.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    path = run_dir / FILE
+    if not path.is_file():
+        raise RecipeError(f"{run_dir} has no {FILE} to resume from (was the run interrupted, or already complete?)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return Checkpoint(**data)
+    except Exception as exc:  # noqa: BLE001
+        raise RecipeError(f"the checkpoint {path} cannot be read ({exc}); start the run again") from None
+
+
+def segments(run_dir: Path) -> list[Path]:
+    parts = sorted(run_dir.glob(".video.part*.mp4"), key=lambda p: int(p.stem.split("part")[1]))
+    return parts
+
+
+def join_segments(run_dir: Path) -> bool:
+    """Append every resumed segment to video.mp4 (stream copy). True when video.mp4 exists."""
+    video = run_dir / "video.mp4"
+    parts = segments(run_dir)
+    if not parts:
+        return video.is_file()
+    inputs = [p for p in [video, *parts] if p.is_file() and p.stat().st_size > 0]
+    listing = run_dir / ".video.concat.txt"
+    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in inputs), encoding="utf-8")
+    joined = run_dir / ".video.joined.mp4"
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+           "-i", str(listing), "-c", "copy", "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(joined)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    listing.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return video.is_file()
+    joined.replace(video)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,88 @@
+"""Turning a batch (and its logits) into one RGB picture: the grid used by the video and grid.png."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, clamping what lies outside."""
+    x = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def columns_for(n: int, with_panel: bool) -> int:
+    """About square: a cell with a logits panel is twice as wide, so fewer columns."""
+    return max(1, math.ceil(math.sqrt(n / 2 if with_panel else n)))
+
+
+def logits_panel(logits: np.ndarray, targets: Sequence[int], height: int, width: int) -> np.ndarray:
+    """A scatter of one image's logits over the class index, the target classes in red."""
+    panel = np.full((height, width, 3), 250, dtype=np.uint8)
+    n = logits.shape[0]
+    if n == 0 or not np.all(np.isfinite(logits)):
+        return panel
+    lo, hi = float(logits.min()), float(logits.max())
+    span = hi - lo if hi > lo else 1.0
+    margin = max(2, height // 20)
+    xs = np.round(np.linspace(margin, width - 1 - margin, n)).astype(int)
+    ys = np.round((height - 1 - margin) - (logits - lo) / span * (height - 1 - 2 * margin)).astype(int)
+    panel[margin - 1, :] = panel[height - margin, :] = 200
+    for dy in (0, 1):
+        panel[np.clip(ys + dy, 0, height - 1), xs] = (90, 90, 90)
+    r = max(2, height // 64)
+    for t in targets:
+        if 0 <= t < n:
+            y0, x0 = ys[t], xs[t]
+            panel[max(y0 - r, 0): y0 + r + 1, max(x0 - r, 0): x0 + r + 1] = (220, 20, 20)
+    return panel
+
+
+def compose(
+    images: torch.Tensor,
+    logits: torch.Tensor | None = None,
+    targets: Sequence[Sequence[int]] | None = None,
+    tile: int | None = None,
+    columns: int | None = None,
+    pad: int = 2,
+    panels: bool | None = None,
+) -> np.ndarray:
+    """The batch as one (H, W, 3) uint8 grid.
+
+    With ``panels`` (default: when logits are given) each image is followed by its logits
+    panel; a frame without logits yet gets empty panels, so every frame has the same layout.
+    """
+    b, _, h, w = images.shape
+    if tile is not None and (h, w) != (tile, tile):
+        scale = tile / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        h, w = size
+    pics = to_uint8(images)
+    if panels is None:
+        panels = logits is not None
+    side: list[np.ndarray] | None = None
+    if panels:
+        lg = logits.detach().float().cpu().numpy() if logits is not None else np.zeros((b, 0))
+        side = [logits_panel(lg[i], (targets or [[]] * b)[i], h, w) for i in range(b)]
+    cols = columns or columns_for(b, side is not None)
+    rows = math.ceil(b / cols)
+    cell_w = w * (2 if side is not None else 1) + (pad if side is not None else 0)
+    out_h = rows * h + (rows + 1) * pad
+    out_w = cols * cell_w + (cols + 1) * pad
+    out_h += out_h % 2  # H.264 with yuv420p needs even sides
+    out_w += out_w % 2
+    canvas = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        y = pad + r * (h + pad)
+        x = pad + c * (cell_w + pad)
+        canvas[y: y + h, x: x + w] = pics[i]
+        if side is not None:
+            canvas[y: y + h, x + w + pad: x + 2 * w + pad] = side[i]
+    return canvas

@@ -1,0 +1,69 @@
+"""The plugin API: every hook a plugin may implement.
+
+This module is the reference for plugin authors. A plugin is any importable object (usually
+a module) with functions marked ``@hookimpl`` whose names match the specs below. Third-party
+packages announce their plugin through the entry-point group :data:`ENTRY_POINT_GROUP`::
+
+    # setup.cfg of your package
+    [options.entry_points]
+    pipeline_core.plugins =
+        my_prior = my_package.plugin
+
+The built-in steps in ``pipeline_plugins`` register through exactly these hooks.
+
+Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): a minor bump only adds hooks,
+optional hook arguments or registry methods; existing plugins keep working. A major bump may
+remove or change something and is announced in the changelog one minor release ahead. A
+plugin that needs a given API declares it with a module-level
+``PIPELINE_API = ">=1.0,<2"`` (checked when the plugin loads; a mismatch skips the plugin with
+a one-line report).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+PROJECT = "pipeline_core"
+ENTRY_POINT_GROUP = "pipeline_core.plugins"
+API_VERSION = "1.0"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_steps(registry: "Registry") -> None:
+    """Add step classes with ``registry.add_step(StepClass)``.
+
+    Called once when the host starts, before any recipe is read. Return nothing. A step
+    class follows :mod:`pipeline_core.step`: a unique ``name``, a ``kind``, a pydantic
+    ``Params`` model and the method its kind needs. A name that another plugin already
+    registered is refused and reported with both plugins named.
+    """
+
+
+@hookspec
+def register_models(registry: "Registry") -> None:
+    """Add models by name with ``registry.add_model(ModelDef(...))``.
+
+    Called once when the host starts. Register cheaply: a :class:`~pipeline_core.model.ModelDef`
+    carries a ``build`` callable that is only called when a recipe actually uses the model,
+    plus the model's preprocessing (mean, std, input size) and class names, which validation
+    reads without building anything.
+    """
+
+
+@hookspec
+def register_outputs(registry: "Registry") -> None:
+    """Add output writers with ``registry.add_output(WriterClass)``.
+
+    Called once when the host starts. A writer (see :mod:`pipeline_core.writers`)
+    receives every frame the run emits and the final images, and writes its own file into
+    the run folder (a GIF, a metrics file...). A recipe enables it under
+    ``output.writers``.
+    """

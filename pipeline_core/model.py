@@ -1,0 +1,175 @@
+"""Models: what a plugin registers (:class:`ModelDef`) and what steps call (:class:`ModelAdapter`).
+
+The image a run optimises is always RGB in [0, 1]. The adapter is the only place that knows
+the model's input size and normalisation, so no step has to. It also exposes *heads* other
+than the logits (InceptionV3's auxiliary classifier, any named layer's activations) through
+forward hooks, in eval mode, without touching the model's ``forward``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class HeadDef:
+    """A second output: capture ``layer``'s output, then (optionally) run ``head`` on it."""
+
+    layer: str
+    head: str | None = None
+    size: int | None = None  #: the only input size the head works at, if it has one
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What validation needs to know about a model, read without building it."""
+
+    categories: Sequence[str]
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    size: int | None = 224
+
+
+@dataclass
+class ModelSpec:
+    """The recipe's ``model:`` section, with paths already resolved."""
+
+    name: str = "inception_v3"
+    weights: Path | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    size: int | None = None
+    categories: list[str] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelDef:
+    """A model a plugin makes available by name.
+
+    ``build(spec)`` returns the ``nn.Module`` with its weights loaded; it is called only when
+    a recipe uses the model. ``info`` (or a zero-argument callable returning it) gives the
+    default preprocessing and class names; a recipe's ``model:`` keys override them.
+    """
+
+    name: str
+    build: Callable[[ModelSpec], nn.Module]
+    info: ModelInfo | Callable[[], ModelInfo]
+    heads: dict[str, HeadDef] = field(default_factory=dict)
+    description: str = ""
+
+    def describe(self, spec: ModelSpec) -> ModelInfo:
+        base = self.info() if callable(self.info) else self.info
+        changes: dict[str, Any] = {}
+        if spec.mean is not None:
+            changes["mean"] = tuple(spec.mean)
+        if spec.std is not None:
+            changes["std"] = tuple(spec.std)
+        if spec.size is not None:
+            changes["size"] = spec.size
+        if spec.categories is not None:
+            changes["categories"] = list(spec.categories)
+        return replace(base, **changes)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def head(self, name: str) -> torch.Tensor:
+        return self.logits if name == "logits" else self.heads[name]
+
+
+def _submodule(module: nn.Module, dotted: str) -> nn.Module:
+    try:
+        return module.get_submodule(dotted)
+    except AttributeError:
+        raise ModelLoadError(f"the model has no layer '{dotted}'") from None
+
+
+class ModelAdapter:
+    """A frozen classifier seen as a function of a [0, 1] RGB batch.
+
+    Frozen means eval mode and no parameter gradients: batch-norm statistics never move.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        info: ModelInfo,
+        heads: dict[str, HeadDef] | None = None,
+        requested: Sequence[str] = (),
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        self.info = info
+        self.device = torch.device(device)
+        self.categories = list(info.categories)
+        module = module.to(self.device).eval()
+        module.requires_grad_(False)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.channels_last = channels_last
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1)
+        self.size = info.size
+        self._captured: dict[str, torch.Tensor] = {}
+        self._heads: dict[str, tuple[str, nn.Module | None]] = {}
+        for name in requested:
+            self._add_head(name, (heads or {}).get(name))
+        self._forward = torch.compile(module) if compile else module
+
+    def _add_head(self, name: str, spec: HeadDef | None) -> None:
+        if spec is None and name.startswith("layer:"):
+            spec = HeadDef(layer=name[len("layer:"):])
+        if spec is None:
+            raise ModelLoadError(f"the model has no head '{name}'")
+        layer = _submodule(self.module, spec.layer)
+        head = _submodule(self.module, spec.head) if spec.head else None
+        key = spec.layer
+
+        def keep(_mod: nn.Module, _inp: Any, output: torch.Tensor) -> None:
+            self._captured[key] = output
+
+        layer.register_forward_hook(keep)
+        self._heads[name] = (key, head)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to the model's input size and normalise; differentiable."""
+        if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __call__(self, x: torch.Tensor) -> ModelOutput:
+        x = self.prepare(x)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        )
+        with autocast:
+            logits = self._forward(x)
+            heads = {}
+            for name, (key, head) in self._heads.items():
+                feats = self._captured[key]
+                heads[name] = head(feats) if head is not None else feats
+            self._captured.clear()
+        if isinstance(logits, tuple):  # a model in an unexpected mode returning (logits, aux)
+            logits = logits[0]
+        return ModelOutput(logits.float(), {k: v.float() for k, v in heads.items()})

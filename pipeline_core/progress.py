@@ -1,0 +1,111 @@
+"""Progress on the terminal, at a fixed rate, never per iteration.
+
+Reading the loss costs a device synchronisation, so the loop asks :meth:`Progress.due` (a
+clock check, free) and only then reads numbers. On a terminal a rich progress bar shows
+iteration, rate, ETA, loss and the target's probability; when the output is a file or a pipe,
+a plain line is printed every few seconds instead, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Progress:
+    """Base reporter: also the ``--quiet`` one (shows nothing)."""
+
+    interval = 0.5
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval
+            return True
+        return False
+
+    def start(self, total: int, description: str, done: int = 0) -> None: ...
+
+    def update(self, done: int, loss: float, prob: float | None) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class BarProgress(Progress):
+    interval = 0.1
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+        self.bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("loss {task.fields[loss]}  p(target) {task.fields[prob]}"),
+            console=console,
+            refresh_per_second=8,
+        )
+        self.task = None
+        self._t0 = time.monotonic()
+        self._done0 = 0
+
+    def start(self, total: int, description: str, done: int = 0) -> None:
+        self.bar.start()
+        self._t0, self._done0 = time.monotonic(), done
+        self.task = self.bar.add_task(description, total=total, completed=done, loss="-", prob="-", rate="")
+
+    def update(self, done: int, loss: float, prob: float | None) -> None:
+        rate = (done - self._done0) / max(time.monotonic() - self._t0, 1e-9)
+        self.bar.update(self.task, completed=done, loss=f"{loss:.4g}", prob="-" if prob is None else f"{prob:.3f}",
+                        rate=f"{rate:.2f} it/s")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+
+class LineProgress(Progress):
+    """For logs: one line every few seconds, and one at the end."""
+
+    interval = 5.0
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream or sys.stderr
+        self.total = 0
+        self._t0 = time.monotonic()
+        self._done0 = 0
+
+    def start(self, total: int, description: str, done: int = 0) -> None:
+        self.total, self._t0, self._done0 = total, time.monotonic(), done
+        self._next = time.monotonic() + self.interval
+        print(f"{description}: {total} iterations", file=self.stream, flush=True)
+
+    def update(self, done: int, loss: float, prob: float | None) -> None:
+        rate = (done - self._done0) / max(time.monotonic() - self._t0, 1e-9)
+        p = "" if prob is None else f"  p(target) {prob:.3f}"
+        print(f"  iteration {done}/{self.total}  {rate:.2f} it/s  loss {loss:.4g}{p}", file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+def make_progress(quiet: bool, console: Console | None = None) -> Progress:
+    if quiet:
+        return Progress()
+    console = console or Console(stderr=True)
+    return BarProgress(console) if console.is_terminal else LineProgress()

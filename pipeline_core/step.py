@@ -1,0 +1,136 @@
+"""The step contract: what a step plugin writes.
+
+A step is a class with a ``name``, a ``kind``, a pydantic ``Params`` model (unknown keys are
+rejected; field descriptions are the help ``pipeline steps`` prints) and the one method its
+kind needs. The loop places a step by its kind and calls it only while its schedule says so;
+a step never looks at the iteration to decide whether to run.
+
+Kinds, in the order one iteration runs them:
+
+``init``
+    ``init(ctx, image) -> Tensor``: once, before the loop; gets the image so far (``None``
+    for the first init step) and returns the (B, 3, H, W) image in [0, 1].
+``param``
+    ``build(ctx, image) -> Parameterization``: once, after the init steps; decides which
+    tensors the update changes (pixels by default, or e.g. a spectrum).
+``transform``
+    ``apply(ctx, x) -> Tensor``: with ``on: image`` it replaces the stored image before the
+    forward pass (the article's blur, resize cycle, colour jitter); with ``on: view`` it
+    builds what the model sees, differentiably, leaving the stored image untouched (Lucid).
+``objective``
+    ``loss(ctx, out, image) -> Tensor``: a loss per image, shape (B,); the loop sums every
+    active objective and back-propagates once to the image's parameters.
+``update``
+    ``update(ctx, params, grads)``: changes the parameters in place (no autograd).
+
+Every step may also define ``bind(plan)`` (check parameters against the run's shape and the
+model's classes before anything is loaded; raise ``RecipeError``) and ``setup(ctx)`` (once on
+the run's device, before the loop).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+
+    from .context import RunContext
+    from .model import ModelOutput
+    from .parameterization import Parameterization
+    from .plan import Plan
+    from .schedule import Schedule
+
+
+class StepKind(str, Enum):
+    INIT = "init"
+    PARAM = "param"
+    TRANSFORM = "transform"
+    OBJECTIVE = "objective"
+    UPDATE = "update"
+
+    @property
+    def per_iteration(self) -> bool:
+        return self in (StepKind.TRANSFORM, StepKind.OBJECTIVE, StepKind.UPDATE)
+
+
+class StepParams(BaseModel):
+    """Base of every step's parameters: unknown keys are an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class TransformParams(StepParams):
+    """Parameters every transform has: where it acts."""
+
+    on: Literal["image", "view"] = Field(
+        "image", description="image: change the stored image (the article); view: only what the model sees (Lucid)."
+    )
+
+
+class Step:
+    """Base class for steps. Subclasses set the class attributes and one kind method."""
+
+    name: ClassVar[str]
+    kind: ClassVar[StepKind]
+    Params: ClassVar[type[StepParams]] = StepParams
+    #: Heads of the model this step reads besides the logits (e.g. ``{"aux"}``).
+    heads: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: StepParams, index: int = 0, schedule: "Schedule | None" = None):
+        self.params = params
+        self.index = index
+        #: when the loop runs this step (per-iteration kinds); set before ``bind``
+        self.schedule = schedule
+
+    def __repr__(self) -> str:
+        return f"<step {self.index} {self.name}>"
+
+    # -- optional hooks -----------------------------------------------------------------
+    @classmethod
+    def batch_hint(cls, params: StepParams) -> int | None:
+        """How many images this step implies (photos, a list of targets), if any."""
+        return None
+
+    def bind(self, plan: "Plan") -> None:
+        """Check parameters against the run (batch, iterations, classes); before any loading."""
+
+    def setup(self, ctx: "RunContext") -> None:
+        """Prepare on the run's device (buffers, generators), once before the loop."""
+
+    def record(self) -> dict[str, Any]:
+        """Extra facts for run.json (e.g. a blend's weights)."""
+        return {}
+
+    # -- the kind methods; a step implements the one its kind needs -------------------
+    def init(self, ctx: "RunContext", image: "torch.Tensor | None") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def build(self, ctx: "RunContext", image: "torch.Tensor") -> "Parameterization":
+        raise NotImplementedError
+
+    def apply(self, ctx: "RunContext", x: "torch.Tensor") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def loss(self, ctx: "RunContext", out: "ModelOutput", image: "torch.Tensor") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def update(self, ctx: "RunContext", params: "list[torch.Tensor]", grads: "list[torch.Tensor]") -> None:
+        raise NotImplementedError
+
+    # -- objectives that aim at classes describe them for run.json and the progress bar --
+    def targets(self) -> "list[list[dict[str, Any]]] | None":
+        """Per image, the classes this objective pulls toward: ``[{index, name, weight}]``."""
+        return None
+
+
+KIND_METHOD = {
+    StepKind.INIT: "init",
+    StepKind.PARAM: "build",
+    StepKind.TRANSFORM: "apply",
+    StepKind.OBJECTIVE: "loss",
+    StepKind.UPDATE: "update",
+}

@@ -1,0 +1,103 @@
+"""init-image: start from photographs (transfiguration). Grayscale and RGBA photos become RGB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal, Union
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from pydantic import Field
+from PIL import Image
+
+from pipeline_core.errors import Location, RecipeError
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.recipe import expand_images
+from pipeline_core.step import Step, StepKind, StepParams
+
+from .init_noise import Size, image_size
+
+MAX_PHOTOS = 4096
+
+
+class InitImageParams(StepParams):
+    images: Union[str, list[str]] = Field(..., description="Photo paths or globs, relative to the recipe file.")
+    size: Size | None = Field(None, description="Side (or [height, width]) in pixels; default: the model's input size.")
+    fit: Literal["crop", "stretch"] = Field(
+        "crop", description="crop: resize the short side and cut the centre; stretch: resize to the size exactly."
+    )
+
+
+def load_photo(path: Path) -> torch.Tensor:
+    """A photo as (3, H, W) float in [0, 1]; grayscale, palette and RGBA photos become RGB.
+
+    RecipeError if it is missing or not an image.
+    """
+    if not path.is_file():
+        raise RecipeError(f"no such image file: {path}", Location(key="images"))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                flat = Image.new("RGB", im.size, (255, 255, 255))  # transparency over white
+                flat.paste(im, mask=im.getchannel("A"))
+                im = flat
+            pixels = TF.pil_to_tensor(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RecipeError(f"{path} is not a readable image ({type(exc).__name__})", Location(key="images")) from None
+    return pixels.float() / 255.0
+
+
+class InitImage(Step):
+    """Load photos as the starting images, one per batch element (repeated to fill the batch)."""
+
+    name = "init-image"
+    kind = StepKind.INIT
+    Params = InitImageParams
+    paths: ClassVar[tuple[str, ...]] = ("images",)
+
+    @staticmethod
+    def _files(params) -> list[Path]:
+        patterns = [params.images] if isinstance(params.images, str) else list(params.images)
+        return expand_images(patterns)
+
+    @classmethod
+    def batch_hint(cls, params) -> int | None:
+        return len(cls._files(params)) or None
+
+    def bind(self, plan) -> None:
+        files = self._files(self.params)
+        if not files:
+            raise RecipeError(f"no photo matches {self.params.images!r}", Location(key="images"))
+        if len(files) > MAX_PHOTOS:
+            raise RecipeError(f"{len(files)} photos is more than {MAX_PHOTOS}", Location(key="images"))
+        if plan.batch % len(files):
+            raise RecipeError(f"{len(files)} photos do not divide the batch of {plan.batch}", Location(key="images"))
+        try:
+            self.size = image_size(self.params.size, plan.model_size)
+        except ValueError as exc:
+            raise RecipeError(str(exc), Location(key="size")) from None
+        self.files = files
+        self.photos = [self._fit(load_photo(f)) for f in files]
+
+    def _fit(self, photo: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        if self.params.fit == "stretch":
+            return TF.resize(photo, [h, w], antialias=True)
+        scale = max(h / photo.shape[1], w / photo.shape[2])
+        resized = TF.resize(photo, [max(h, round(photo.shape[1] * scale)), max(w, round(photo.shape[2] * scale))],
+                            antialias=True)
+        return TF.center_crop(resized, [h, w])
+
+    def init(self, ctx, image):
+        batch = torch.stack(self.photos)
+        return batch.repeat(ctx.batch // batch.shape[0], 1, 1, 1).to(ctx.device)
+
+    def record(self):
+        return {"images": [str(f) for f in self.files]}
+
+
+@hookimpl
+def register_steps(registry):
+    registry.add_step(InitImage)

@@ -1,0 +1,57 @@
+"""init-noise: start from random pixels (the article's ``rand/25 + 0.5`` is uniform, scale 0.04, offset 0.5)."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import torch
+from pydantic import Field
+
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.recipe_model import MAX_SIDE
+from pipeline_core.step import Step, StepKind, StepParams
+
+Size = Union[int, tuple[int, int]]
+
+
+class InitNoiseParams(StepParams):
+    distribution: Literal["uniform", "normal"] = Field("uniform", description="uniform in [0, 1) or standard normal.")
+    scale: float = Field(1.0, ge=0, description="Multiplies the noise.")
+    offset: float = Field(0.0, description="Added after scaling.")
+    size: Size | None = Field(None, description="Side (or [height, width]) in pixels; default: the model's input size.")
+
+
+def image_size(size: Size | None, default: int | None) -> tuple[int, int]:
+    if size is None:
+        size = default or 224
+    h, w = (size, size) if isinstance(size, int) else size
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ValueError(f"image sides must lie in 1..{MAX_SIDE}, got {h}x{w}")
+    return h, w
+
+
+class InitNoise(Step):
+    """Fill the batch with seeded noise: scale * noise + offset."""
+
+    name = "init-noise"
+    kind = StepKind.INIT
+    Params = InitNoiseParams
+
+    def bind(self, plan) -> None:
+        from pipeline_core.errors import Location, RecipeError
+
+        try:
+            self.size = image_size(self.params.size, plan.model_size)
+        except ValueError as exc:
+            raise RecipeError(str(exc), Location(key="size")) from None
+
+    def init(self, ctx, image):
+        g = ctx.generator(self)
+        shape = (ctx.batch, 3, *self.size)
+        noise = torch.rand(shape, generator=g) if self.params.distribution == "uniform" else torch.randn(shape, generator=g)
+        return (noise * self.params.scale + self.params.offset).to(ctx.device)
+
+
+@hookimpl
+def register_steps(registry):
+    registry.add_step(InitNoise)

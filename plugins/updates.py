@@ -1,0 +1,116 @@
+"""The update rules: the article's plain and sign gradient steps, and Adam (Lucid's choice)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.step import Step, StepKind, StepParams
+
+
+class UpdateParams(StepParams):
+    clamp: bool = Field(False, description="Clamp the image parameters to [0, 1] after each update.")
+
+
+class GradientStepParams(UpdateParams):
+    lr: float = Field(..., gt=0, description="Step size (the article: 10000 for cross-entropy, 0.15 for L1-loss).")
+    normalize: Literal["none", "std", "max"] = Field(
+        "none", description="Divide the gradient by its std or max |g| per image first (as DeepDream does).")
+
+
+def _normalized(g: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "none":
+        return g
+    flat = g.flatten(1)
+    scale = flat.std(dim=1) if how == "std" else flat.abs().amax(dim=1)
+    return g / (scale.view(-1, *[1] * (g.dim() - 1)) + 1e-12)
+
+
+class GradientStep(Step):
+    """a <- a - lr * grad."""
+
+    name = "gradient-step"
+    kind = StepKind.UPDATE
+    Params = GradientStepParams
+
+    def update(self, ctx, params, grads):
+        for p, g in zip(params, grads):
+            p.sub_(_normalized(g, self.params.normalize), alpha=self.params.lr)
+            if self.params.clamp:
+                p.clamp_(0, 1)
+
+
+class SignStepParams(UpdateParams):
+    epsilon: float = Field(0.01, gt=0, description="Every pixel moves by exactly this much.")
+
+
+class SignStep(Step):
+    """a <- a - epsilon * sign(grad): the fast gradient sign method, repeated."""
+
+    name = "sign-step"
+    kind = StepKind.UPDATE
+    Params = SignStepParams
+
+    def update(self, ctx, params, grads):
+        for p, g in zip(params, grads):
+            p.sub_(g.sign(), alpha=self.params.epsilon)
+            if self.params.clamp:
+                p.clamp_(0, 1)
+
+
+class AdamParams(UpdateParams):
+    lr: float = Field(0.05, gt=0, description="Learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's moment decay rates.")
+    eps: float = Field(1e-8, gt=0, description="Adam's epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty on the parameters.")
+
+
+class Adam(Step):
+    """torch.optim.Adam on the image's parameters (pixels or a spectrum); its state is checkpointed."""
+
+    name = "adam"
+    kind = StepKind.UPDATE
+    Params = AdamParams
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.optimizer: torch.optim.Adam | None = None
+        self._for: list[torch.Tensor] = []
+        self._pending: dict | None = None
+
+    def _optimizer(self, params) -> torch.optim.Adam:
+        if self.optimizer is None or len(params) != len(self._for) or any(a is not b for a, b in zip(params, self._for)):
+            p = self.params
+            # a resized image is a new tensor: its moments start afresh
+            self.optimizer = torch.optim.Adam(params, lr=p.lr, betas=p.betas, eps=p.eps, weight_decay=p.weight_decay,
+                                              foreach=False)
+            self._for = list(params)
+            if self._pending is not None:
+                self.optimizer.load_state_dict(self._pending)
+                self._pending = None
+        return self.optimizer
+
+    def update(self, ctx, params, grads):
+        opt = self._optimizer(params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        for p in params:
+            p.grad = None
+            if self.params.clamp:
+                p.clamp_(0, 1)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict() if self.optimizer is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state or None
+
+
+@hookimpl
+def register_steps(registry):
+    for step in (GradientStep, SignStep, Adam):
+        registry.add_step(step)

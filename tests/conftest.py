@@ -1,0 +1,44 @@
+"""Shared fixtures: the real MobileNetV2 from ../shared/models, photos, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PIPELINE_SHARED", ROOT.parent / "shared"))
+MOBILENET = Path(os.environ.get("PIPELINE_MOBILENET", SHARED / "models" / "mobilenet_v2_imagenet.pth"))
+RECIPES = ROOT / "recipes"
+PHOTOS = RECIPES / "images"
+
+#: --set arguments that point any recipe at the local MobileNetV2
+MOBILENET_SETS = [
+    "model.name=mobilenet_v2",
+    f"model.weights={MOBILENET}",
+    "model.mean=[0.5,0.5,0.5]",
+    "model.std=[0.5,0.5,0.5]",
+    "model.size=224",
+]
+
+
+@pytest.fixture(scope="session")
+def mobilenet_path() -> Path:
+    if not MOBILENET.is_file():
+        pytest.skip(f"the real MobileNetV2 weights are not at {MOBILENET} (set PIPELINE_MOBILENET)")
+    return MOBILENET
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real ``pipeline`` command in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline_core", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
