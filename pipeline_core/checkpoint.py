@@ -104,8 +104,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         return Checkpoint(**data)
-    except Exception as exc:  # noqa: BLE001
-        raise RecipeError(f"the checkpoint {path} cannot be read ({exc}); start the run again") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or from an incompatible version
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RecipeError(f"the checkpoint {path} cannot be read ({first}); start the run again") from None
 
 
 def segments(run_dir: Path) -> list[Path]:
@@ -125,7 +126,8 @@ def join_segments(run_dir: Path) -> bool:
     joined = run_dir / ".video.joined.mp4"
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
            "-i", str(listing), "-c", "copy", "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(joined)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # its own session: a Ctrl-C at the terminal while the run finishes must not kill the join
+    done = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     listing.unlink(missing_ok=True)
     if done.returncode != 0:
         return video.is_file()
@@ -133,3 +135,46 @@ def join_segments(run_dir: Path) -> bool:
     for p in parts:
         p.unlink(missing_ok=True)
     return True
+
+
+def count_frames(video: Path) -> int:
+    """Frames in an MP4 (decoded, so a file cut short by a kill counts what it really holds)."""
+    if not video.is_file() or video.stat().st_size == 0:
+        return 0
+    try:
+        return int(imageio_ffmpeg.count_frames_and_secs(str(video))[0])
+    except Exception:  # noqa: BLE001 - an unreadable video holds no frames worth keeping
+        return 0
+
+
+def trim_video(video: Path, frames: int, fps: int) -> int:
+    """Keep only the first ``frames`` frames of ``video`` (re-encoded); returns the frames found.
+
+    Only a run killed without a chance to finish leaves frames past its checkpoint, so the
+    re-encoding (slightly lossy) happens only then.
+    """
+    from .video import FRAGMENTED, VideoWriter
+
+    found = count_frames(video)
+    if found <= frames:
+        return found
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    w, h = meta["size"]
+    tmp = video.with_name(f".{video.name}.trim.mp4")
+    # the encoder settings of the video writer: the segments are later joined without re-encoding,
+    # which needs every part to share them
+    params = [*FRAGMENTED, "-preset", VideoWriter.preset] if getattr(VideoWriter, "preset", None) else FRAGMENTED
+    writer = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                         output_params=params, ffmpeg_log_level="error")
+    writer.send(None)
+    try:
+        for i, frame in enumerate(reader):
+            if i >= frames:
+                break
+            writer.send(frame)
+    finally:
+        writer.close()
+        reader.close()
+    tmp.replace(video)
+    return found

@@ -12,7 +12,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,11 +34,13 @@ def _registry(quiet: bool = False):
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
+    from .yaml_source import Override
+
     sets = list(getattr(args, "set", None) or [])
     if getattr(args, "seed", None) is not None:
-        sets.append(f"seed={args.seed}")
+        sets.append(Override(f"seed={args.seed}", f"--seed {args.seed}"))
     if getattr(args, "device", None) is not None:
-        sets.append(f"device={args.device}")
+        sets.append(Override(f"device={args.device}", f"--device {args.device}"))
     return sets
 
 
@@ -51,18 +53,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
     from .record import default_run_dir, prepare_run_dir
 
+    from .device import pick_device
+
     registry = _registry(args.quiet)
     resume = None
     if args.resume:
         run_dir = Path(args.resume)
-        if args.recipe or args.set or args.seed is not None:
-            raise RecipeError("--resume continues a run as it was recorded: give no recipe, --set or --seed with it")
+        if args.recipe or args.set or args.seed is not None or args.out or args.force:
+            raise RecipeError("--resume continues a run as it was recorded, in its own folder: "
+                              "give no recipe, --set, --seed, --out or --force with it")
+        if not run_dir.is_dir():
+            raise RecipeError(f"--resume {run_dir}: no such run folder")
+        if not (run_dir / "run.json").is_file():
+            raise RecipeError(f"--resume {run_dir}: the folder has no run.json, so it holds no run to continue")
         resume = load_resume(run_dir)
         recipe = load_recipe(run_dir / "run.json", registry, _overrides(args))
+        pick_device(recipe.model.device)
     else:
         if not args.recipe:
             raise RecipeError("give a recipe file (or --resume RUN_DIR); see recipes/ for examples")
         recipe = load_recipe(args.recipe, registry, _overrides(args))
+        pick_device(recipe.model.device)  # an unusable device is refused before the folder is made
         run_dir = Path(args.out) if args.out else default_run_dir(recipe.name)
         run_dir = prepare_run_dir(run_dir, args.force)
     run = Run(recipe, registry, run_dir, make_progress(args.quiet, err_console), resume=resume)
@@ -81,8 +92,13 @@ def _summary(result, quiet: bool) -> None:
                 guess = f"{top['name']} {top['probability']:.2f}" if top else "-"
                 out_console.print(f"  images/{image['file']}: model sees {guess}")
     elif result.status == "interrupted":
+        checkpoint = result.record.get("checkpoint")
+        if checkpoint:
+            then = f"continue from iteration {checkpoint['iteration']} with: pipeline run --resume {result.run_dir}"
+        else:
+            then = "no checkpoint was written, so it cannot be resumed (output.checkpoint_every sets one)"
         err_console.print(f"interrupted at iteration {result.iterations_done}: video, images and run.json are in "
-                          f"{result.run_dir}; continue with: pipeline run --resume {result.run_dir}")
+                          f"{result.run_dir}; {then}")
     else:
         err_console.print(f"[red]error:[/] {escape(result.message)} (record: {escape(str(result.run_dir / 'run.json'))})", markup=True)
 
@@ -95,6 +111,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.recipe}: valid ({len(recipe.steps)} steps, {recipe.plan.iterations} iterations, "
         f"batch {recipe.plan.batch}, model {recipe.model_spec.name})"
     )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run, parse_model_arg, render
+
+    models = [parse_model_arg(text) for text in args.model]
+    data = evaluate_run(Path(args.run_dir), models, _registry(), device=args.device or "cpu",
+                        batch_size=args.batch_size)
+    out_console.print(render(data))
+    out_console.print(f"wrote {escape(str(Path(args.run_dir) / 'evaluation.json'))}")
     return 0
 
 
@@ -133,11 +160,45 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+
+    report = bench(args.recipe, _registry(), args.set, iterations=args.iterations, warmup=args.warmup,
+                   rounds=args.rounds, device=args.device, echo=err_console.print)
+    for line in report.lines():
+        out_console.print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        out_console.print(f"wrote {args.json}")
+    return 0
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (exit code 2) rather than the usage and a line."""
+
+    def error(self, message: str) -> NoReturn:
+        err_console.print(f"error: {self.prog}: {message} (see '{self.prog} --help')")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = _Parser(prog="pipeline", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -160,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(val)
     val.set_defaults(func=cmd_validate)
 
+    ev = sub.add_parser("evaluate", help="score a run's final images with other classifiers")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (with run.json and images/)")
+    ev.add_argument("--model", action="append", required=True, metavar="NAME[,KEY=VALUE...]",
+                    help="a model to score with, as 'pipeline models' names it; keys as in a recipe's model "
+                         "section, e.g. mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224 (repeatable)")
+    ev.add_argument("--device", help="cpu (default), auto, cuda, cuda:N or mps")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    ev.set_defaults(func=cmd_evaluate)
+
     steps = sub.add_parser("steps", help="list the steps, their parameters and defaults")
     steps.add_argument("name", nargs="?", help="show one step only")
     steps.set_defaults(func=cmd_steps)
@@ -174,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)")
     schema.add_argument("--out", help="write it to this file")
     schema.set_defaults(func=cmd_schema)
+
+    be = sub.add_parser("bench", help="measure the engine's speed on a recipe against a bare loop of the same maths")
+    recipe_args(be)
+    be.add_argument("--iterations", type=_count(1), default=20, help="iterations per measured run (default 20)")
+    be.add_argument("--warmup", type=_count(0), default=2, help="iterations of an uncounted first run of each loop (default 2)")
+    be.add_argument("--rounds", type=_count(1), default=3, help="runs of each loop, alternating; medians are reported (default 3)")
+    be.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
+    be.add_argument("--json", metavar="FILE", help="also write every figure to this JSON file")
+    be.set_defaults(func=cmd_bench)
 
     return p
 

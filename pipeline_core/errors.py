@@ -59,7 +59,9 @@ class PipelineError(Exception):
 
     def __str__(self) -> str:
         where = self.location.render()
-        return f"{where}: {self.message}" if where else self.message
+        text = f"{where}: {self.message}" if where else self.message
+        # one line whatever the user typed: a newline in a key or a --set value is shown, not obeyed
+        return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
 
 
 class RecipeError(PipelineError):
@@ -70,6 +72,13 @@ class RecipeError(PipelineError):
 
 class ModelLoadError(PipelineError):
     """A model could not be built or its weights could not be had."""
+
+    exit_code = 2
+
+
+class OutputError(PipelineError):
+    """The run folder cannot take the run's outputs (unwritable, or its disk too full): exit 2,
+    since the fix is another --out, not another run."""
 
     exit_code = 2
 

@@ -9,14 +9,23 @@ packages announce their plugin through the entry-point group :data:`ENTRY_POINT_
     pipeline_core.plugins =
         my_prior = my_package.plugin
 
-The built-in steps in ``pipeline_plugins`` register through exactly these hooks.
+The built-in steps in ``pipeline_plugins`` register through exactly these hooks. The guide
+for plugin authors, with a complete package, is ``docs/plugins.md``.
 
-Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): a minor bump only adds hooks,
-optional hook arguments or registry methods; existing plugins keep working. A major bump may
-remove or change something and is announced in the changelog one minor release ahead. A
-plugin that needs a given API declares it with a module-level
-``PIPELINE_API = ">=1.0,<2"`` (checked when the plugin loads; a mismatch skips the plugin with
-a one-line report).
+Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): the API is these hooks, the
+registry's ``add_*`` methods and the public names of :mod:`pipeline_core.step`,
+:mod:`pipeline_core.model`, :mod:`pipeline_core.writers`, :mod:`pipeline_core.objectives`,
+:mod:`pipeline_core.errors` and :mod:`pipeline_core.testing`. A minor bump only adds hooks,
+optional hook arguments, registry methods or optional attributes; existing plugins keep
+working. A major bump may remove or change something and is announced in the changelog one
+minor release ahead. A plugin that needs a given API declares it with a module-level
+``PIPELINE_API = ">=1.0,<2"`` (a version specifier, checked when the plugin loads; a
+mismatch skips the plugin with a one-line report; without it the plugin always loads).
+
+A plugin that fails to import, declares an incompatible API, implements a hook not listed
+here, or raises in a hook is skipped with a one-line report and everything it registered is
+withdrawn; a name already registered by another plugin is refused (the first one keeps it)
+and reported naming both. Nothing a plugin does stops the host.
 """
 
 from __future__ import annotations
@@ -42,8 +51,10 @@ def register_steps(registry: "Registry") -> None:
 
     Called once when the host starts, before any recipe is read. Return nothing. A step
     class follows :mod:`pipeline_core.step`: a unique ``name``, a ``kind``, a pydantic
-    ``Params`` model and the method its kind needs. A name that another plugin already
-    registered is refused and reported with both plugins named.
+    ``Params`` model and the method its kind needs; a malformed class raises
+    :class:`~pipeline_core.errors.PluginError` from ``add_step``. A name that another plugin
+    already registered is refused and reported with both plugins named; the plugin's other
+    registrations stand.
     """
 
 

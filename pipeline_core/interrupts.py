@@ -2,8 +2,10 @@
 
 The first signal sets a flag the loop reads between iterations, so the image, the optimiser
 state and every generator are consistent when the run saves its checkpoint and finishes its
-video. A second signal stops at once (``KeyboardInterrupt``); the run still closes its video
-and writes run.json.
+video. A second signal stops at once (``KeyboardInterrupt``) for a user who cannot wait for the
+iteration to end; the run still closes its video and writes run.json. From then on, and while
+the run writes its outputs, further signals are ignored: a third impatient Ctrl-C must not cut
+run.json or the video in half.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopFlag:
+    """What the signal handler tells the loop."""
+
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        #: set once the run writes its outputs (or was stopped at once): signals are ignored
+        self.finishing = False
+        self.count = 0
 
     @property
     def set(self) -> bool:
@@ -25,17 +34,22 @@ class StopFlag:
 
 @contextmanager
 def graceful_stop() -> Iterator[StopFlag]:
+    """Install the handlers for the block (main thread only; elsewhere the flag never sets)."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
-    def handler(signum, _frame):
+    def handler(signum: int, _frame: Any) -> None:
+        flag.count += 1
+        if flag.finishing:
+            return
         if flag.set:
+            flag.finishing = True  # before raising: the handler of this interrupt may not be cut short
             raise KeyboardInterrupt
         flag.signal_name = signal.Signals(signum).name
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield flag
     finally:
@@ -45,11 +59,11 @@ def graceful_stop() -> Iterator[StopFlag]:
 
 @contextmanager
 def shielded() -> Iterator[None]:
-    """While finishing (closing the video, writing run.json), further signals are ignored."""
+    """Ignore SIGINT and SIGTERM for the block (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
     try:
         yield
     finally:

@@ -69,8 +69,10 @@ def describe_steps(registry: Registry, only: str | None = None) -> str:
 
 
 def plugins_data(registry: Registry) -> list[dict[str, Any]]:
+    """Every plugin the host tried: name, package, version, what it registers and its problems."""
     return [
-        {"name": p.name, "package": p.package, "version": p.version, "registers": p.registers, "problem": p.problem}
+        {"name": p.name, "package": p.package, "version": p.version, "registers": list(p.registers),
+         "problem": p.problem, "problems": list(p.problems)}
         for p in registry.plugins.values()
     ]
 
@@ -82,9 +84,10 @@ def describe_plugins(registry: Registry, as_json: bool = False) -> str:
     lines = []
     for p in data:
         version = f" {p['version']}" if p["version"] else ""
-        lines.append(f"{p['name']}  ({p['package']}{version})")
-        if p["problem"]:
-            lines.append(f"    problem: {p['problem']}")
+        package = p["package"] if p["package"].startswith("(") else f"({p['package']}{version})"
+        lines.append(f"{p['name']}  {package}")
+        for problem in p["problems"]:
+            lines.append(f"    problem: {problem}")
         regs = p["registers"]
         if len(regs) > 12:
             kinds: dict[str, int] = {}

@@ -98,10 +98,37 @@ def _submodule(module: nn.Module, dotted: str) -> nn.Module:
         raise ModelLoadError(f"the model has no layer '{dotted}'") from None
 
 
+class _ChannelsLast(torch.autograd.Function):
+    """NHWC for the model; the gradient goes back to the image in the image's own (NCHW) layout.
+
+    A plain ``contiguous(memory_format=channels_last)`` would hand the update steps an NHWC
+    gradient for an NCHW image, and every elementwise update would then read it strided.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class ModelAdapter:
     """A frozen classifier seen as a function of a [0, 1] RGB batch.
 
     Frozen means eval mode and no parameter gradients: batch-norm statistics never move.
+
+    The speed options (the recipe's ``performance:`` section) change how the model runs and
+    nothing else: the image, the losses and the gradients stay float32.
+
+    - ``precision``: ``bf16`` or ``fp16`` runs the model under autocast (convolutions and
+      matrix products in half precision, reductions in float32); the logits and heads are
+      returned as float32, so objectives and updates see the same dtype either way. fp16
+      has no loss scaling here: gradients to the input can underflow; prefer bf16.
+    - ``channels_last``: the model's weights and its input in NHWC, the layout tensor cores
+      and oneDNN prefer; the gradient still reaches the image in NCHW.
+    - ``compile``: ``torch.compile`` of the module (the first iterations pay for compiling).
     """
 
     def __init__(
@@ -155,7 +182,7 @@ class ModelAdapter:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = _ChannelsLast.apply(x)
         return x
 
     def __call__(self, x: torch.Tensor) -> ModelOutput:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any, ClassVar, Union
 
 import torch
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from .errors import Location, RecipeError
 from .plan import Plan
 from .step import Step, StepKind, StepParams
 
-ClassRef = Union[int, str]
+ClassRef = Union[StrictInt, str]  # strict: 'target: true' must not mean class 1
 Targets = Union[ClassRef, list[ClassRef]]
 
 

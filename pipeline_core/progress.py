@@ -40,7 +40,13 @@ class Progress:
 
 
 class BarProgress(Progress):
-    interval = 0.1
+    """A rich bar on a terminal: numbers read 4 times a second, redrawn 4 times a second.
+
+    Each read of the numbers synchronises a GPU once, so the rate is a fixed, small one
+    whatever the speed of the loop; faster than 4 Hz is not readable anyway.
+    """
+
+    interval = 0.25
 
     def __init__(self, console: Console):
         super().__init__()
@@ -55,7 +61,7 @@ class BarProgress(Progress):
             TimeRemainingColumn(),
             TextColumn("loss {task.fields[loss]}  p(target) {task.fields[prob]}"),
             console=console,
-            refresh_per_second=8,
+            refresh_per_second=4,
         )
         self.task = None
         self._t0 = time.monotonic()

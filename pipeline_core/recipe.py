@@ -61,6 +61,11 @@ class Recipe:
         data = self.model.model_dump(mode="json", exclude_none=True)
         data["steps"] = [copy.deepcopy(s.raw) for s in self.steps]
         data["batch"] = self.plan.batch
+        # files named relative to the recipe (or to the shell, for --set) must not move with run.json
+        if self.model_spec.weights is not None:
+            data["model"]["weights"] = str(self.model_spec.weights)
+        if isinstance(self.model.model.categories, str) and self.model_spec.categories is not None:
+            data["model"]["categories"] = list(self.model_spec.categories)
         return data
 
 
@@ -86,9 +91,68 @@ def _submodel(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel]:
     return current
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
-    """(key, message) for one pydantic error."""
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union[")))]
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "str": "a text", "bool": "true or false", "none": "null",
+    "list": "a list", "dict": "a mapping", "tuple": "a list",
+}
+
+
+def _is_tag(part: Any) -> bool:
+    """A union member's label in a pydantic error location (``int``, ``tuple[int, int]``), not a key."""
+    return isinstance(part, str) and (part in _TYPE_WORDS or "[" in part)
+
+
+def _readable(tag: str) -> str:
+    base, _, inner = tag.partition("[")
+    if base == "tuple" and inner:
+        depth, parts = 0, 1
+        for ch in inner[:-1]:
+            depth += ch == "["
+            depth -= ch == "]"
+            parts += ch == "," and depth == 0
+        return f"a list of {parts} values"
+    if base == "literal" and inner:
+        return "one of " + inner[:-1]
+    return _TYPE_WORDS.get(base, tag)
+
+
+def _clean(loc: Sequence[Any]) -> list[Any]:
+    return [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "union[")))]
+
+
+def _union_at(loc: list[Any], errors: Sequence[dict[str, Any]]) -> int | None:
+    """Where in ``loc`` a union member's label sits: a union fails once per member, so the
+    same place carries two or more different labels among the errors."""
+    for i, part in enumerate(loc):
+        if not _is_tag(part):
+            continue
+        labels = {_clean(e["loc"])[i] for e in errors
+                  if len(_clean(e["loc"])) > i and _clean(e["loc"])[:i] == loc[:i]}
+        if len(labels) > 1:
+            return i
+    return None
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel],
+              errors: Sequence[dict[str, Any]] | None = None) -> tuple[str, str]:
+    """(key, message) for the first pydantic error; a union's alternatives are named together."""
+    loc = _clean(err["loc"])
+    tag_at = _union_at(loc, errors or [err])
+    if tag_at is not None:
+        prefix = loc[:tag_at]
+        members: list[str] = []
+        given: Any = err.get("input")
+        shortest = len(loc)
+        for other in errors or [err]:
+            oloc = _clean(other["loc"])
+            if oloc[:tag_at] == prefix and len(oloc) > tag_at and _is_tag(oloc[tag_at]):
+                if _readable(oloc[tag_at]) not in members:
+                    members.append(_readable(oloc[tag_at]))
+                if len(oloc) < shortest:
+                    shortest, given = len(oloc), other.get("input")
+        key = ".".join(str(p) for p in prefix)
+        choices = members[0] if len(members) == 1 else ", ".join(members[:-1]) + " or " + members[-1]
+        return key, f"expected {choices}, got {given!r}"
     key = ".".join(str(p) for p in loc) if loc else ""
     if err["type"] == "extra_forbidden":
         parent = _submodel(model, loc[:-1])
@@ -96,19 +160,28 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
         valid = ", ".join(_fields_of(parent))
         return key, f"unknown key{hint}" + ("" if hint else f" (valid keys: {valid})")
     if err["type"] == "missing":
+        if loc and isinstance(loc[-1], int):  # a fixed-length list one item short
+            return ".".join(str(p) for p in loc[:-1]), f"too few values (got {err.get('input')!r})"
         return key, "this key is required"
+    if err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+        return key, f"expected a mapping of keys, got {err.get('input')!r}"
+    if err["type"] == "finite_number":
+        return key, f"expected a finite number, got {err.get('input')!r}"
     msg = err["msg"].replace("Value error, ", "")
     given = err.get("input")
-    if err["type"] not in ("missing",) and not isinstance(given, (dict, list)) and given is not None:
+    if not isinstance(given, (dict, list)) and given is not None and "got " not in msg and repr(given) not in msg:
         msg += f" (got {given!r})"
     return key, msg
 
 
 def _raise_validation(exc: ValidationError, model: type[BaseModel], source: Source, prefix: PathKey,
                       step: tuple[int, str] | None = None) -> None:
-    err = exc.errors()[0]
-    key, msg = _describe(err, model)
-    path = prefix + tuple(err["loc"])
+    errors = exc.errors()
+    err = errors[0]
+    key, msg = _describe(err, model, errors)
+    loc = _clean(err["loc"])
+    at = _union_at(loc, errors)
+    path = prefix + tuple(loc[:at] if at is not None else loc)
     extra = {"step_index": step[0], "step_name": step[1]} if step else {}
     raise RecipeError(msg, source.where(path, key=key or None, **extra)) from None
 
@@ -195,6 +268,8 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
     if isinstance(categories, str):
         path = Path(_resolve_paths(categories, _base_for(source, ("model", "categories"))))
         try:
+            if not path.is_file() or path.stat().st_size > 16 * 2**20:  # not /dev/zero, not a photo by mistake
+                raise OSError
             categories = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError):
             raise RecipeError(
@@ -299,7 +374,33 @@ def validate(source: Source, registry: Registry) -> Recipe:
         bound.append(step)
 
     _check_kinds(source, kinds_seen, specs)
+    _check_writers(source, registry, rm)
     return Recipe(source, rm, model_def, spec, info, plan, specs, bound)
+
+
+def _check_writers(source: Source, registry: Registry, rm: RecipeModel) -> None:
+    """Each ``output.writers`` entry names a registered writer and gives it valid options."""
+    for index, options in enumerate(rm.output.writers):
+        path: PathKey = ("output", "writers", index)
+        name = options.get("writer")
+        if not isinstance(name, str):
+            raise RecipeError("an output writer entry needs a 'writer' key naming it, such as '- writer: gif'",
+                              source.where(path, key=f"output.writers.{index}"))
+        try:
+            cls = registry.writer(name)
+        except KeyError as exc:
+            raise RecipeError(f"{exc.args[0]} (see 'pipeline plugins')",
+                              source.where(path + ("writer",), key=f"output.writers.{index}.writer")) from None
+        params_model = getattr(cls, "Params", None)
+        if params_model is None:
+            continue
+        try:
+            params_model.model_validate({k: v for k, v in options.items() if k != "writer"})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key, msg = _describe(err, params_model)
+            full = f"output.writers.{index}" + (f".{key}" if key else "")
+            raise RecipeError(f"writer '{name}': {msg}", source.where(path + tuple(err["loc"]), key=full)) from None
 
 
 def _batch_hint(checked: list[tuple[type[Step], dict, Any]]) -> int | None:

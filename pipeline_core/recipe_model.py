@@ -7,16 +7,19 @@ These names are fixed because other tools rely on them: ``iterations``, ``seed``
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SIDE = 4096
 MAX_BATCH = 4096
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or infinity in a recipe is always a typo (.nan, .inf) and would only surface mid-run
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -65,6 +68,11 @@ class PerformanceSection(Section):
     compile: bool = Field(False, description="torch.compile the model.")
     cudnn_benchmark: bool = Field(False, description="Let cuDNN pick the fastest kernels (non-deterministic).")
     deterministic: bool = Field(False, description="Ask PyTorch for deterministic kernels on the GPU.")
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="CPU threads for PyTorch (default: its own choice). The thread count changes how sums are "
+                    "split, hence the last bits: run.json records it so a replay uses the same.",
+    )
 
 
 class RecipeModel(Section):
@@ -73,7 +81,8 @@ class RecipeModel(Section):
     description: str | None = Field(None, description="Free text: what this recipe shows.")
     iterations: int = Field(100, ge=1, le=1_000_000, description="Iterations of the optimisation loop.")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds every random generator of the run.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N or mps.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.",
+                        json_schema_extra={"pattern": f"^({DEVICE_PATTERN})$"})
     batch: int | None = Field(
         None, ge=1, le=MAX_BATCH, description="Images optimised together (default: from the photos or target lists)."
     )
@@ -81,3 +90,11 @@ class RecipeModel(Section):
     steps: list[Any] = Field(..., min_length=1, description="The steps, each a mapping with a 'step' key.")
     output: OutputSection = Field(default_factory=OutputSection)
     performance: PerformanceSection = Field(default_factory=PerformanceSection)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        name = value.strip().lower()
+        if not re.fullmatch(DEVICE_PATTERN, name):
+            raise ValueError(f"unknown device '{value}': use auto, cpu, cuda, cuda:N or mps")
+        return name

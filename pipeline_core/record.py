@@ -7,8 +7,10 @@ what happened.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import platform
 import tempfile
 import time
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import RecipeError
+from .errors import OutputError
 
 
 def _umask() -> int:
@@ -69,20 +71,60 @@ def versions() -> dict[str, str]:
     }
 
 
+_WHY = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def _why(exc: OSError) -> str:
+    return _WHY.get(exc.errno or 0, exc.strerror or str(exc))
+
+
 def prepare_run_dir(path: Path, force: bool) -> Path:
-    """Make the run folder, refusing to overwrite a non-empty one unless ``force``."""
+    """Make the run folder, refusing to overwrite a non-empty one unless ``force``.
+
+    A folder the run cannot write to is found here, by writing a probe file, before any model
+    is loaded, rather than at the first checkpoint or at the end.
+    """
     if path.exists() and not path.is_dir():
-        raise RecipeError(f"--out {path} is a file, not a folder")
-    if path.exists() and any(path.iterdir()) and not force:
-        raise RecipeError(f"the run folder {path} is not empty; pass --force to overwrite it or --out another folder")
+        raise OutputError(f"--out {path} is a file, not a folder")
+    try:
+        taken = path.exists() and any(path.iterdir())
+    except OSError as exc:
+        raise OutputError(f"cannot read the run folder {path}: {_why(exc)}") from None
+    if taken and not force:
+        raise OutputError(f"the run folder {path} is not empty; pass --force to overwrite it or --out another folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"0" * 65536)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
-        raise RecipeError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write to the run folder {path}: {_why(exc)}") from None
     return path
+
+
+def check_free_space(path: Path, need: int) -> None:
+    """OutputError when the disk of ``path`` has less than ``need`` bytes free."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return  # nothing to measure with; the writes themselves will say what is wrong
+    if free < need:
+        raise OutputError(
+            f"the disk of the run folder {path} has {free / 2**20:.1f} MiB free but this run needs about "
+            f"{need / 2**20:.1f} MiB (video, images, checkpoint); free some space or --out another disk"
+        )
 
 
 def default_run_dir(name: str, root: Path = Path("runs")) -> Path:

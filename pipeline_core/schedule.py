@@ -19,10 +19,10 @@ Bound = Union[int, float, str]
 
 
 def _check_bound(value: Bound | None) -> Bound | None:
-    if value is None or isinstance(value, bool):
-        if isinstance(value, bool):
-            raise ValueError("expected an iteration number, a fraction in [0, 1] or a percentage like '75%'")
+    if value is None:
         return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected an iteration number, a fraction in [0, 1] or a percentage like '75%', got {value!r}")
     if isinstance(value, str):
         text = value.strip()
         if not text.endswith("%"):

@@ -60,7 +60,7 @@ class StepKind(str, Enum):
 class StepParams(BaseModel):
     """Base of every step's parameters: unknown keys are an error, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class TransformParams(StepParams):

@@ -6,17 +6,26 @@ loop never waits for ffmpeg and never synchronises the GPU for a frame. The queu
 so a slow encoder slows the run down rather than filling memory; no frame is ever dropped.
 
 A writer plugin subclasses :class:`Writer` and registers with ``registry.add_output``; a
-recipe enables it with ``output.writers: [{writer: NAME, ...options}]``.
+recipe enables it with ``output.writers: [{writer: NAME, ...options}]``. The options are the
+writer's ``Params`` (a :class:`~pipeline_core.step.StepParams` model, so unknown keys are
+refused); they are checked when the recipe is validated, before any model is loaded.
+
+:func:`grid` (the batch as one picture, as the video draws it) and :func:`write_atomically`
+(a file that is either whole or absent, even if the run is killed) are here so a writer
+plugin does not have to reach into the host's internals.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .step import StepParams
@@ -37,10 +46,19 @@ class FrameInfo:
 
 
 class Writer:
-    """Base class of output writers. Methods run on the writer thread, never in the loop."""
+    """Base class of output writers. Methods run on the writer thread, never in the loop.
+
+    Set ``name`` (what ``output.writers`` entries name) and, for options, ``Params``.
+    ``frame`` is called for every frame the run emits (iteration 0 first, the last iteration
+    always), ``close`` once at the end whatever the status, so an interrupted run still gets
+    its file. An exception in either fails the run with a clear message; it never blocks it.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[StepParams]] = StepParams
+    #: the largest image side this writer uses; None: full resolution. When every writer
+    #: gives one, a GPU run shrinks frames on the device before copying them to the host.
+    frame_side: int | None = None
 
     def __init__(self, params: StepParams, info: FrameInfo):
         self.params = params
@@ -54,7 +72,56 @@ class Writer:
         return []
 
 
+def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameInfo | None = None,
+         tile: int | None = None, panels: bool = False) -> np.ndarray:
+    """The batch as one (H, W, 3) uint8 picture, laid out as the video lays it out.
+
+    ``tile`` is the side of each image in pixels (default: the images' own size); with
+    ``panels`` each image gets its logits plot beside it, the ``info.targets`` in red.
+    """
+    from .frames import compose
+
+    targets = info.targets if info is not None else None
+    columns = info.columns if info is not None else None
+    return compose(images, logits if panels else None, targets, tile, columns, panels=panels)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: whole or absent."""
+    from .record import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), data)
+
+
 _STOP = object()
+
+
+def shrink(images: torch.Tensor, side: int) -> torch.Tensor:
+    """``images`` scaled (antialiased bilinear) so the longer side is at most ``side``; no autograd."""
+    h, w = images.shape[-2:]
+    if max(h, w) <= side:
+        return images
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    with torch.no_grad():
+        return torch.nn.functional.interpolate(images.detach().float(), size=size, mode="bilinear",
+                                               align_corners=False, antialias=True)
+
+
+def _lower_priority(niceness: int) -> None:
+    """Make the calling thread, and the processes it starts later (ffmpeg), yield to the loop.
+
+    On Linux a thread has its own nice value and a child process inherits its parent
+    thread's, so on a CPU with few cores the encoder uses the cycles the model leaves idle
+    instead of taking them from it. Elsewhere (or when not allowed) nothing changes.
+    """
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + niceness, 19))
+    except (OSError, AttributeError):
+        pass
 
 
 class FramePump:
@@ -62,8 +129,12 @@ class FramePump:
 
     def __init__(self, writers: list[Writer], depth: int = 4):
         self.writers = writers
+        sides = [w.frame_side for w in writers]
+        #: frames from a GPU are shrunk on the device to this side first (None: never)
+        self.max_side = max(sides) if sides and None not in sides else None  # type: ignore[type-var]
         self.frames = 0
         self.encode_seconds = 0.0
+        self.encode_cpu_seconds = 0.0  #: CPU time of this thread on frames (it competes with the model on a CPU)
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._work, name="frame-writer", daemon=True)
@@ -73,20 +144,55 @@ class FramePump:
         """Queue a frame. ``images`` must be a snapshot nobody modifies afterwards."""
         if self.error is not None:
             return
-        self._queue.put((iteration, images, logits))
+        self._queue.put((iteration, images, logits, None))
+
+    def snapshot(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None) -> None:
+        """Queue a copy of tensors the loop goes on changing, without waiting for the device.
+
+        On a CUDA device the copy goes straight into pinned host memory, asynchronously, in
+        stream order: after the work that produced ``images`` and before any later update
+        of them, so the frame is exact and the loop never synchronises; the writer thread
+        waits for the copy's event instead. Elsewhere the tensors are cloned. With no
+        writer (video off, no writer plugins) nothing is copied at all.
+        """
+        if self.error is not None or not self.writers:
+            return
+        if not images.is_cuda:
+            self._queue.put((iteration, images.detach().clone(),
+                             logits.detach().clone() if logits is not None else None, None))
+            return
+        if self.max_side is not None:
+            images = shrink(images, self.max_side)  # less to copy and to convert on the CPU
+        copies = []
+        for t in (images, logits):
+            if t is None:
+                copies.append(None)
+                continue
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t.detach(), non_blocking=True)
+            copies.append(host)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(images.device))
+        self._queue.put((iteration, copies[0], copies[1], ready))
+
+    #: how much nicer than the loop the writer thread (and the encoder processes it starts) runs
+    niceness = 10
 
     def _work(self) -> None:
         import time
 
+        _lower_priority(self.niceness)
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
             if self.error is not None:
                 continue
-            iteration, images, logits = item
-            start = time.perf_counter()
+            iteration, images, logits, ready = item
+            start, cpu_start = time.perf_counter(), time.thread_time()
             try:
+                if ready is not None:
+                    ready.synchronize()  # the asynchronous device-to-host copy has landed
                 images = images.to("cpu", torch.float32)
                 logits = logits.to("cpu", torch.float32) if logits is not None else None
                 for writer in self.writers:
@@ -95,6 +201,7 @@ class FramePump:
             except BaseException as exc:  # noqa: BLE001 - reported by close()
                 self.error = exc
             self.encode_seconds += time.perf_counter() - start
+            self.encode_cpu_seconds += time.thread_time() - cpu_start
 
     def close(self, status: str) -> list[str]:
         """Drain the queue, close every writer; returns the files they wrote."""

@@ -7,6 +7,7 @@ recorded too, so an error in one names the command line rather than the file.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class Source:
     data: Any
     file: str
     lines: dict[PathKey, int] = field(default_factory=dict)
-    overrides: dict[PathKey, str] = field(default_factory=dict)  #: path -> the --set text
+    overrides: dict[PathKey, str] = field(default_factory=dict)  #: path -> the option, e.g. "--set seed=3"
     base_dir: Path = field(default_factory=Path.cwd)
 
     def line(self, path: PathKey) -> int | None:
@@ -47,29 +48,97 @@ class Source:
     def where(self, path: PathKey, **extra: Any) -> Location:
         cli = self.overridden(path)
         if cli is not None:
-            return Location(file=f"--set {cli}", **extra)
+            return Location(file=cli, **extra)
         return Location(file=self.file, line=self.line(path), **extra)
 
 
-def _walk(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key: Any = yaml.safe_load(key_node.value) if key_node.tag.endswith(":int") else key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
-                _walk(value_node, path + (key,), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines)
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2 booleans.
+
+    YAML 1.1 reads ``on``, ``off``, ``yes`` and ``no`` as booleans, so ``on: view`` (a key every
+    transform takes) would arrive as ``True: view``. Only ``true`` and ``false`` are booleans
+    here; the other words stay strings, and pydantic still accepts them where a bool is wanted.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.yaml_implicit_resolvers = {  # dates stay text: recipes hold none, and 2024-13-45 would crash
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in RecipeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+#: A recipe (or run.json) larger than this is not one.
+MAX_RECIPE_BYTES = 16 * 2**20
+
+#: More YAML values than this (aliases can multiply a small file) is refused, not expanded.
+MAX_NODES = 200_000
+#: Deeper nesting than this is no recipe (and an alias inside itself would never end).
+MAX_DEPTH = 64
+
+
+def _key(loader: RecipeLoader, node: yaml.Node) -> Any:
+    """A mapping key as the loader constructs it (so lines are found under the same key)."""
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_object(node, deep=True)
+    return None
+
+
+def _walk(loader: RecipeLoader, root: yaml.Node, file: str) -> dict[PathKey, int]:
+    """Map every value's path to its line; refuse duplicate keys and runaway aliases."""
+    lines: dict[PathKey, int] = {}
+    budget = MAX_NODES
+    stack: list[tuple[yaml.Node, PathKey]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise RecipeError(
+                f"the YAML holds more than {MAX_NODES} values (aliases expanding into each other?)",
+                Location(file=file, line=node.start_mark.line + 1),
+            )
+        if len(path) > MAX_DEPTH:
+            raise RecipeError(f"the YAML is nested more than {MAX_DEPTH} levels deep (an alias inside itself?)",
+                              Location(file=file, line=node.start_mark.line + 1))
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = _key(loader, key_node)
+                line = key_node.start_mark.line + 1
+                if key is None:
+                    stack.append((value_node, path + ("?",)))
+                    continue
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key; validation reports it
+                    continue
+                if first is not None and key != "<<":
+                    raise RecipeError(
+                        f"the key '{key}' appears twice (lines {first} and {line}); keep one",
+                        Location(file=file, line=line),
+                    )
+                seen[key] = line
+                lines[path + (key,)] = line
+                stack.append((value_node, path + (key,)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                stack.append((item, path + (i,)))
+    return lines
 
 
 def _yaml_error(file: str, exc: yaml.YAMLError) -> RecipeError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = " ".join(str(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]).split())
     if "could not determine a constructor" in str(exc):
         tag = str(exc).split("tag '")[-1].split("'")[0] if "tag '" in str(exc) else "?"
+        tag = tag.replace("tag:yaml.org,2002:", "!!")
         problem = f"the YAML tag '{tag}' is not allowed: recipes hold plain data only (remove the tag)"
     else:
         problem = f"YAML syntax error: {problem}"
@@ -83,7 +152,12 @@ def read_text(path: Path) -> str:
         raise RecipeError(f"no such recipe file: {shown}")
     if path.is_dir():
         raise RecipeError(f"{shown} is a folder, not a recipe file (or a run folder's run.json)")
+    if not path.is_file():  # /dev/zero would be read for ever
+        raise RecipeError(f"{shown} is not a regular file")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{shown} holds {path.stat().st_size / 2**20:.1f} MiB; a recipe is a small text file "
+                              f"(at most {MAX_RECIPE_BYTES // 2**20} MiB)")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise RecipeError("the recipe is not UTF-8 text", Location(file=shown)) from None
@@ -91,18 +165,27 @@ def read_text(path: Path) -> str:
         raise RecipeError(f"cannot read the recipe: {exc.strerror}", Location(file=shown)) from None
 
 
+def load_yaml(text: str) -> Any:
+    """Plain data from YAML text with :class:`RecipeLoader` (used for ``--set`` values too)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
+
 def parse(text: str, file: str, base_dir: Path) -> Source:
     """Parse YAML (or JSON, a subset of it) with the safe loader; RecipeError on any problem."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = RecipeLoader(text)
+        try:
+            node = loader.get_single_node()
+            lines = _walk(loader, node, file) if node is not None else {}
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise _yaml_error(file, exc) from None
     except RecursionError:
         raise RecipeError("the YAML is nested too deeply", Location(file=file)) from None
-    lines: dict[PathKey, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
+    except (ValueError, OverflowError) as exc:  # e.g. a timestamp such as 2024-13-45
+        raise RecipeError(f"a value cannot be read: {exc}", Location(file=file)) from None
     return Source(data=data, file=file, lines=lines, base_dir=base_dir)
 
 
@@ -115,13 +198,33 @@ def parse_override(text: str) -> tuple[list[Any], Any]:
         raise RecipeError(f"--set {text}: the key is empty")
     parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {text}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise RecipeError(f"--set {text}: the value is not valid YAML ({why})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise RecipeError(f"--set {text}: the value cannot be read ({exc})") from None
     return parts, value
 
 
+class Override(str):
+    """A ``KEY=VALUE`` override that came from an option other than ``--set`` (``--seed 3``):
+    errors name the option as the user typed it."""
+
+    shown: str
+
+    def __new__(cls, text: str, shown: str) -> "Override":
+        obj = super().__new__(cls, text)
+        obj.shown = shown
+        return obj
+
+
+def _label(text: str) -> str:
+    return getattr(text, "shown", None) or f"--set {text}"
+
+
 def apply_override(source: Source, text: str) -> None:
+    label = _label(text)
     parts, value = parse_override(text)
     if not isinstance(source.data, dict):
         return
@@ -133,12 +236,12 @@ def apply_override(source: Source, text: str) -> None:
             target = target[part]
         else:
             where = ".".join(map(str, parts[: depth + 1]))
-            raise RecipeError(f"--set {text}: '{where}' does not exist in the recipe")
+            raise RecipeError(f"{label}: '{where}' does not exist in the recipe")
     last = parts[-1]
     if isinstance(target, dict):
         target[last] = value
     elif isinstance(target, list) and isinstance(last, int) and last < len(target):
         target[last] = value
     else:
-        raise RecipeError(f"--set {text}: cannot set '{last}' there")
-    source.overrides[tuple(parts)] = text
+        raise RecipeError(f"{label}: cannot set '{last}' there")
+    source.overrides[tuple(parts)] = label

@@ -4,6 +4,7 @@ from . import (
     blur,
     color_jitter,
     cross_entropy,
+    fourier_image,
     init_image,
     init_noise,
     interpolate,
@@ -13,6 +14,7 @@ from . import (
     target_blend,
     torchvision_models,
     updates,
+    view_transforms,
 )
 
 BUILTIN_PLUGINS = [
@@ -22,10 +24,12 @@ BUILTIN_PLUGINS = [
     interpolate,
     color_jitter,
     rotate,
+    view_transforms,
     octave,
     l1_loss,
     cross_entropy,
     target_blend,
     updates,
+    fourier_image,
     torchvision_models,
 ]

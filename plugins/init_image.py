@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal, Union
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from pydantic import Field
@@ -33,6 +34,9 @@ def load_photo(path: Path) -> torch.Tensor:
 
     RecipeError if it is missing or not an image.
     """
+    if path.is_dir():
+        raise RecipeError(f"{path} is a folder, not an image; name the photos or a glob such as "
+                          f"'{path.name}/*.jpg'", Location(key="images"))
     if not path.is_file():
         raise RecipeError(f"no such image file: {path}", Location(key="images"))
     try:
@@ -43,10 +47,26 @@ def load_photo(path: Path) -> torch.Tensor:
                 flat = Image.new("RGB", im.size, (255, 255, 255))  # transparency over white
                 flat.paste(im, mask=im.getchannel("A"))
                 im = flat
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                return _deep_gray(im)
             pixels = TF.pil_to_tensor(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RecipeError(f"{path} is not a readable image ({type(exc).__name__})", Location(key="images")) from None
     return pixels.float() / 255.0
+
+
+def _deep_gray(im: Image.Image) -> torch.Tensor:
+    """16-bit, 32-bit and float grayscale as RGB in [0, 1]: PIL's own conversion to RGB would clip
+    them at 255 (16-bit photos come out white, float ones black)."""
+    values = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
+    top = float(values.max()) if values.numel() else 1.0
+    if im.mode == "F" and top <= 1.0:
+        scale = 1.0
+    elif im.mode.startswith("I;16") or top > 255:
+        scale = 65535.0
+    else:
+        scale = 255.0
+    return (values / scale).clamp(0, 1).expand(3, *values.shape).contiguous()
 
 
 class InitImage(Step):

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
@@ -19,6 +19,14 @@ class RotateParams(TransformParams):
     scale: tuple[float, float] = Field((1.0, 1.0), description="Zoom drawn uniformly from [low, high].")
     padding: Literal["zeros", "border", "reflection"] = Field("reflection", description="What fills the corners.")
     mode: Literal["bilinear", "nearest", "bicubic"] = Field("bilinear", description="Resampling.")
+
+    @field_validator("scale")
+    @classmethod
+    def _zoom(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = scale
+        if not 0 < lo <= hi <= 100:  # a zoom of 0 divides by zero and fills the image with NaN
+            raise ValueError(f"scale must be [low, high] with 0 < low <= high <= 100, got [{lo}, {hi}]")
+        return scale
 
 
 class Rotate(Step):

@@ -67,7 +67,14 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
         except FileNotFoundError:
             raise ModelLoadError(f"model.weights: no file at {spec.weights}") from None
         except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
-            raise ModelLoadError(f"model.weights: {spec.weights} is not a PyTorch state dict ({exc})") from None
+            text = str(exc)
+            if "Unsupported global" in text:
+                why = "it holds more than tensors: save model.state_dict(), not the model"
+            elif any(s in text for s in ("Weights only load failed", "invalid load key", "zip archive", "EOF")):
+                why = "the file is corrupt, cut short or not a PyTorch file"
+            else:
+                why = (text.strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelLoadError(f"model.weights: {spec.weights} is not a PyTorch state dict ({why})") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         model = get_model(name, weights=None, **_local_kwargs(name, spec))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
@@ -66,6 +66,13 @@ class AdamParams(UpdateParams):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's moment decay rates.")
     eps: float = Field(1e-8, gt=0, description="Adam's epsilon.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty on the parameters.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):  # torch would refuse them only at the first update
+            raise ValueError(f"both betas must lie in [0, 1), got [{betas[0]}, {betas[1]}]")
+        return betas
 
 
 class Adam(Step):

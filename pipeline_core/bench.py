@@ -1,0 +1,514 @@
+"""``pipeline bench``: how fast the engine runs a recipe, next to a bare loop doing the same maths.
+
+The question a user has is "how much does the engine cost me on top of the model?", and the
+only honest answer is a ratio measured in one process on one machine: absolute speeds move
+with the load of the machine, the CPU clock and the library versions, a ratio of two loops
+run back to back much less. So this module runs, alternately and several times:
+
+* **the engine**: a real :class:`~pipeline_core.engine.Run` of the recipe, with the video and
+  writers the recipe asks for and the real rich progress bar (rendered into a null stream so
+  the benchmark's own output stays readable; the bar does all its work either way);
+* **the bare loop**: the same step objects' maths in the smallest loop that can run them
+  (see :func:`bare_loop`): no frames, no progress, no NaN checks, no checkpoints, no
+  interrupt handling, nothing written to disk.
+
+Both start from the same model (built the same way, with the same ``performance`` options),
+the same initial image (the same init steps and seeds) and run the same iterations, so their
+final images must agree; the report says whether they do, as evidence that the two loops did
+the same work. Speed is image-iterations per second (iterations x batch / loop seconds); for
+the engine the loop seconds include draining the frames still queued for the encoder when
+the loop ends, since a user waits for those too.
+
+Memory: the peak resident set size of the process during each loop (Linux: the kernel's
+high-water mark, reset before each loop; elsewhere only the process's lifetime peak is
+known and the report says so), and on CUDA the peak memory PyTorch allocated. The video
+encoder is a separate ffmpeg process; its CPU time is reported separately, because on a
+small CPU it competes with the model for the same cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .context import RunContext
+from .device import pick_device
+from .engine import Run, build_model
+from .errors import RecipeError, RunFailed
+from .frames import to_uint8
+from .progress import BarProgress, Progress
+from .recipe import Recipe, load_recipe
+from .registry import Registry
+from .step import StepKind
+
+MiB = 2**20
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+
+def current_rss() -> int | None:
+    """The process's resident set size now, in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _hwm() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            found = re.search(r"^VmHWM:\s+(\d+)\s+kB", fh.read(), re.M)
+        return int(found.group(1)) * 1024 if found else None
+    except OSError:
+        return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return _hwm() is not None
+    except OSError:
+        return False
+
+
+def _lifetime_peak() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class MemoryWatch:
+    """Peak process RSS (and CUDA allocation) over a block of code.
+
+    Linux lets a process reset its own RSS high-water mark, so two loops run one after the
+    other in the same process each get their own peak. Elsewhere the peak is the process's
+    lifetime peak and ``exact`` is False.
+    """
+
+    device: torch.device
+    before: int | None = None
+    peak: int | None = None
+    exact: bool = False
+    cuda_peak: int | None = None
+
+    def __enter__(self) -> "MemoryWatch":
+        gc.collect()
+        self.exact = _reset_hwm()
+        self.before = current_rss()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.peak = _hwm() if self.exact else _lifetime_peak()
+        if self.device.type == "cuda":
+            self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read afterwards means something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":  # pragma: no cover - Apple only
+        torch.mps.synchronize()
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- one measurement -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One loop, timed: the engine's or the bare loop's."""
+
+    kind: str  #: "engine" or "bare"
+    iterations: int
+    batch: int
+    seconds: float  #: the loop (engine: loop plus draining queued frames)
+    cpu_seconds: float | None = None  #: CPU time of every thread of this process during the loop
+    peak_rss_bytes: int | None = None
+    rss_before_bytes: int | None = None
+    rss_exact: bool = False
+    cuda_max_allocated_bytes: int | None = None
+    encode_seconds: float | None = None  #: engine: the writer thread's wall time on frames
+    encode_cpu_seconds: float | None = None  #: engine: the writer thread's CPU time on frames
+    encoder_process_cpu_seconds: float | None = None  #: engine: ffmpeg's CPU time (user + system)
+    frames: int | None = None
+
+    @property
+    def image_iterations_per_second(self) -> float:
+        return self.iterations * self.batch / max(self.seconds, 1e-9)
+
+    @property
+    def cpu_per_image_iteration(self) -> float | None:
+        """CPU seconds per image-iteration, the encoder process's included: less sensitive to load."""
+        if self.cpu_seconds is None:
+            return None
+        total = self.cpu_seconds + (self.encoder_process_cpu_seconds or 0.0)
+        return total / max(self.iterations * self.batch, 1)
+
+    @property
+    def rss_growth_bytes(self) -> int | None:
+        if self.peak_rss_bytes is None or self.rss_before_bytes is None:
+            return None
+        return max(self.peak_rss_bytes - self.rss_before_bytes, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["image_iterations_per_second"] = round(self.image_iterations_per_second, 4)
+        data["rss_growth_bytes"] = self.rss_growth_bytes
+        data["cpu_per_image_iteration"] = self.cpu_per_image_iteration
+        return data
+
+
+def null_progress() -> Progress:
+    """The real terminal progress bar (rich, refreshed at its fixed rate) drawing into a null stream."""
+    from rich.console import Console
+
+    sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the bar
+    return BarProgress(Console(file=sink, force_terminal=True, width=120, color_system="standard"))
+
+
+def run_engine(recipe: Recipe, registry: Registry, device: str | None = None,
+               progress: Callable[[], Progress] = null_progress,
+               run_dir: Path | None = None) -> tuple[Measurement, np.ndarray]:
+    """Run the engine on ``recipe`` into a scratch folder; returns its timing and final images.
+
+    The final images are read back from the PNGs the run wrote, as (B, H, W, 3) uint8.
+    """
+    from PIL import Image
+
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pipeline-bench-")))
+        bar = progress()
+        run = Run(recipe, registry, run_dir, bar, device=device)
+        cpu0 = _children_cpu()
+        with MemoryWatch(run.device) as mem:
+            result = run.execute()
+        bar.stop()
+        if result.status != "completed":
+            raise RunFailed(f"the engine's run did not complete: {result.message}")
+        t = run.timings
+        images = np.stack([np.asarray(Image.open(run_dir / "images" / i["file"]).convert("RGB"))
+                           for i in result.record["images"]])
+    measured = Measurement(
+        kind="engine", iterations=recipe.plan.iterations, batch=recipe.plan.batch,
+        seconds=t["loop_seconds"] + t.get("drain_seconds", 0.0), cpu_seconds=t.get("loop_cpu_seconds"),
+        peak_rss_bytes=mem.peak, rss_before_bytes=mem.before, rss_exact=mem.exact,
+        cuda_max_allocated_bytes=mem.cuda_peak, encode_seconds=t.get("encode_seconds"),
+        encode_cpu_seconds=t.get("encode_cpu_seconds"),
+        encoder_process_cpu_seconds=round(_children_cpu() - cpu0, 3), frames=t.get("frames"),
+    )
+    return measured, images
+
+
+def bare_loop(recipe: Recipe, registry: Registry, device: str | None = None) -> tuple[Measurement, np.ndarray]:
+    """The recipe's maths in a minimal loop; returns its timing and final images.
+
+    Exactly what it does: build the model as the engine does (same adapter, precision,
+    channels_last, compile and cuDNN settings); ``setup`` every step and run the init and
+    parameterisation steps as the engine does; then, per iteration, with the same schedules:
+    the active ``on: image`` transforms under ``no_grad`` written back into the image, the
+    active ``on: view`` transforms, the model, the sum of the active objectives, one
+    ``torch.autograd.grad`` to the image's parameters, and the active updates. Nothing else:
+    no frames, progress, NaN checks, checkpoints or run folder. The device is synchronised
+    once before and once after the loop.
+    """
+    run = Run(recipe, registry, Path(os.devnull), Progress(), device=device)
+    steps = recipe.steps_bound
+    heads = set().union(*(set(s.heads) for s in steps)) - {"logits"}
+    model = build_model(recipe, run.device, heads)
+    run._setup_backend()
+    ctx = RunContext(plan=recipe.plan, device=run.device, model=model)
+    for step in steps:
+        step.setup(ctx)
+    run._init_image(ctx)
+    image_tf = [(s.step, s.schedule) for s in run.image_transforms]
+    view_tf = [(s.step, s.schedule) for s in run.view_transforms]
+    objectives = [(s.step, s.schedule) for s in run.by_kind[StepKind.OBJECTIVE]]
+    updates = [(s.step, s.schedule) for s in run.by_kind[StepKind.UPDATE]]
+    iterations = recipe.plan.iterations
+    with MemoryWatch(run.device) as mem:
+        synchronize(run.device)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for it in range(iterations):
+            ctx.iteration = it
+            param = ctx.param
+            active = [step for step, sched in image_tf if sched.active(it)]
+            if active:
+                with torch.no_grad():
+                    x = param.image().detach()
+                    for step in active:
+                        x = step.apply(ctx, x)
+                    param.set_image(x)
+            image = param.image()
+            view = image
+            for step, sched in view_tf:
+                if sched.active(it):
+                    view = step.apply(ctx, view)
+            out = ctx.model(view)
+            total = sum(step.loss(ctx, out, image) for step, sched in objectives if sched.active(it)).sum()
+            params = param.parameters()
+            grads = list(torch.autograd.grad(total, params))
+            with torch.no_grad():
+                for step, sched in updates:
+                    if sched.active(it):
+                        step.update(ctx, params, grads)
+        synchronize(run.device)
+        seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - cpu0
+    with torch.no_grad():
+        final = to_uint8(ctx.param.image().detach().float().clamp(0, 1))
+    measured = Measurement(kind="bare", iterations=iterations, batch=recipe.plan.batch, seconds=seconds,
+                           cpu_seconds=round(cpu_seconds, 3),
+                           peak_rss_bytes=mem.peak, rss_before_bytes=mem.before, rss_exact=mem.exact,
+                           cuda_max_allocated_bytes=mem.cuda_peak)
+    return measured, final
+
+
+# -- the comparison ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            found = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.M)
+            if found:
+                cpu = found.group(1).strip()
+    info: dict[str, Any] = {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+@dataclass
+class ImageAgreement:
+    """How far the engine's final images are from the bare loop's, in 8-bit levels."""
+
+    max_difference: int
+    values_differing: int
+    values: int
+
+    @property
+    def identical(self) -> bool:
+        return self.max_difference == 0
+
+    def describe(self) -> str:
+        if self.identical:
+            return "identical (the two loops did the same arithmetic)"
+        return (f"max difference {self.max_difference}/255 in {self.values_differing} of {self.values} values "
+                "(floating-point order; expected on a GPU)")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def compare_images(a: np.ndarray, b: np.ndarray) -> ImageAgreement:
+    if a.shape != b.shape:
+        raise RunFailed(f"the engine's final images {a.shape} and the bare loop's {b.shape} differ in shape")
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return ImageAgreement(int(diff.max()), int((diff > 0).sum()), int(diff.size))
+
+
+@dataclass
+class BenchReport:
+    """Every round of both loops, and the medians the verdict rests on."""
+
+    recipe: str
+    device: str
+    batch: int
+    iterations: int
+    warmup: int
+    frame_every: int | None
+    video: bool
+    machine: dict[str, Any]
+    engine: list[Measurement] = field(default_factory=list)
+    bare: list[Measurement] = field(default_factory=list)
+    agreement: ImageAgreement | None = None
+    #: the bare loop's label in the printed table ("bare loop", "hand-written loop")
+    bare_label: str = "bare loop"
+
+    @staticmethod
+    def _median(values: Sequence[float | int | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    def median(self, kind: str, attribute: str) -> float | None:
+        return self._median([getattr(m, attribute) for m in getattr(self, kind)])
+
+    @property
+    def ratio(self) -> float | None:
+        """Engine over bare image-iterations per second (medians); 1.0 means no overhead."""
+        e, b = self.median("engine", "image_iterations_per_second"), self.median("bare", "image_iterations_per_second")
+        return e / b if e and b else None
+
+    @property
+    def memory_ratio(self) -> float | None:
+        e, b = self.median("engine", "peak_rss_bytes"), self.median("bare", "peak_rss_bytes")
+        return e / b if e and b else None
+
+    @property
+    def cuda_memory_ratio(self) -> float | None:
+        e, b = self.median("engine", "cuda_max_allocated_bytes"), self.median("bare", "cuda_max_allocated_bytes")
+        return e / b if e and b else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "device": self.device, "batch": self.batch, "iterations": self.iterations,
+            "warmup": self.warmup, "rounds": len(self.engine), "video": self.video, "frame_every": self.frame_every,
+            "machine": self.machine,
+            "engine_image_iterations_per_second": self.median("engine", "image_iterations_per_second"),
+            "bare_image_iterations_per_second": self.median("bare", "image_iterations_per_second"),
+            "ratio": self.ratio,
+            "engine_cpu_per_image_iteration": self.median("engine", "cpu_per_image_iteration"),
+            "bare_cpu_per_image_iteration": self.median("bare", "cpu_per_image_iteration"),
+            "engine_peak_rss_bytes": self.median("engine", "peak_rss_bytes"),
+            "bare_peak_rss_bytes": self.median("bare", "peak_rss_bytes"),
+            "peak_rss_ratio": self.memory_ratio,
+            "engine_rss_growth_bytes": self.median("engine", "rss_growth_bytes"),
+            "bare_rss_growth_bytes": self.median("bare", "rss_growth_bytes"),
+            "cuda_max_allocated_ratio": self.cuda_memory_ratio,
+            "encode_seconds": self.median("engine", "encode_seconds"),
+            "encode_cpu_seconds": self.median("engine", "encode_cpu_seconds"),
+            "encoder_process_cpu_seconds": self.median("engine", "encoder_process_cpu_seconds"),
+            "images": None if self.agreement is None else {**asdict(self.agreement), "identical": self.agreement.identical},
+            "rounds_detail": {"engine": [m.to_dict() for m in self.engine], "bare": [m.to_dict() for m in self.bare]},
+        }
+
+    def lines(self) -> list[str]:
+        """The report as text lines (medians over the rounds)."""
+
+        def mib(v: float | None) -> str:
+            return "-" if v is None else f"{v / MiB:.0f} MiB"
+
+        def num(v: float | None, fmt: str = "{:.2f}") -> str:
+            return "-" if v is None else fmt.format(v)
+
+        rounds = len(self.engine)
+        m = self.machine
+        load = m.get("load_average")
+        out = [
+            f"recipe: {self.recipe} (batch {self.batch}, {self.iterations} iterations, "
+            f"video {'on, a frame every ' + str(self.frame_every) if self.video else 'off'}, progress bar on)",
+            f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} on {self.device} "
+            f"({m['torch_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
+            + (f"; load average {load[0]:.2f} at the end" if load else ""),
+            f"median of {rounds} alternating round{'s' if rounds != 1 else ''}, after a warm-up of {self.warmup} "
+            "iterations each:",
+        ]
+        w = max(len(self.bare_label), 10)
+        rows = [
+            ("image-iterations/s", num(self.median("bare", "image_iterations_per_second")),
+             num(self.median("engine", "image_iterations_per_second"))),
+            ("loop seconds", num(self.median("bare", "seconds")), num(self.median("engine", "seconds"))),
+            ("CPU ms/image-iteration", num(_ms(self.median("bare", "cpu_per_image_iteration")), "{:.1f}"),
+             num(_ms(self.median("engine", "cpu_per_image_iteration")), "{:.1f}")),
+            ("peak RSS", mib(self.median("bare", "peak_rss_bytes")), mib(self.median("engine", "peak_rss_bytes"))),
+            ("RSS growth in loop", mib(self.median("bare", "rss_growth_bytes")),
+             mib(self.median("engine", "rss_growth_bytes"))),
+        ]
+        if self.device.startswith("cuda"):
+            rows.append(("CUDA max allocated", mib(self.median("bare", "cuda_max_allocated_bytes")),
+                         mib(self.median("engine", "cuda_max_allocated_bytes"))))
+        out.append(f"  {'':<22}{self.bare_label:>{w}}  {'engine':>10}")
+        for label, b, e in rows:
+            out.append(f"  {label:<22}{b:>{w}}  {e:>10}")
+        out.append(f"  ratio engine/{self.bare_label.split()[0]}: {num(self.ratio, '{:.3f}')} (image-iterations/s), "
+                   f"{num(self.memory_ratio, '{:.3f}')} (peak RSS)"
+                   + (f", {num(self.cuda_memory_ratio, '{:.3f}')} (CUDA max allocated)" if self.cuda_memory_ratio else ""))
+        if self.video or self.median("engine", "frames"):
+            frames = self.median("engine", "frames")
+            out.append(f"  frames: {num(frames, '{:.0f}')} per run; writer thread {num(self.median('engine', 'encode_seconds'))} s "
+                       f"wall, {num(self.median('engine', 'encode_cpu_seconds'))} s CPU; ffmpeg "
+                       f"{num(self.median('engine', 'encoder_process_cpu_seconds'))} s CPU")
+        if self.engine and not self.engine[0].rss_exact:
+            out.append("  note: this system cannot reset the peak-RSS mark; peak RSS is the process's lifetime peak")
+        if self.agreement is not None:
+            out.append(f"  final images: {self.agreement.describe()}")
+        return out
+
+
+def bench(recipe_path: str | Path, registry: Registry, overrides: Sequence[str] = (), iterations: int | None = 20,
+          warmup: int = 2, rounds: int = 3, device: str | None = None,
+          progress: Callable[[], Progress] = null_progress,
+          bare: Callable[[Recipe, Registry, str | None], tuple[Measurement, np.ndarray]] = bare_loop,
+          bare_label: str = "bare loop", echo: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure ``recipe_path`` on this machine: ``rounds`` of the engine and the bare loop, alternating.
+
+    ``iterations`` replaces the recipe's (None keeps it): schedules given as fractions scale
+    with it, so both loops still run the same steps. A warm-up run of each loop comes first
+    (``warmup`` iterations, not counted) so one-off costs (oneDNN and cuDNN kernel selection,
+    torch.compile) stay out of the figures. The order alternates between rounds so that a
+    drift in the machine's speed does not favour one loop.
+    """
+    sets = list(overrides)
+    if device is not None:
+        sets.append(f"device={device}")
+
+    def load(n: int | None) -> Recipe:
+        return load_recipe(recipe_path, registry, sets + ([f"iterations={n}"] if n is not None else []))
+
+    recipe = load(iterations)
+    dev = pick_device(device or recipe.model.device)
+    out = recipe.model.output
+    report = BenchReport(recipe=str(recipe_path), device=str(dev), batch=recipe.plan.batch,
+                         iterations=recipe.plan.iterations, warmup=warmup,
+                         frame_every=out.frame_every if out.video else None, video=out.video, machine={},
+                         bare_label=bare_label)
+    say = echo or (lambda _text: None)
+    if warmup > 0:
+        try:
+            load(warmup)
+        except RecipeError:  # a schedule that needs more iterations than the warm-up has
+            warmup = report.warmup = recipe.plan.iterations
+        say(f"warm-up: {warmup} iterations of each loop")
+        bare(load(warmup), registry, device)
+        run_engine(load(warmup), registry, device, progress)
+    engine_images = bare_images = None
+    for r in range(rounds):
+        order = ("engine", "bare") if r % 2 else ("bare", "engine")
+        for kind in order:
+            if kind == "engine":
+                measured, engine_images = run_engine(load(iterations), registry, device, progress)
+                report.engine.append(measured)
+            else:
+                measured, bare_images = bare(load(iterations), registry, device)
+                report.bare.append(measured)
+            say(f"round {r + 1}/{rounds}: {kind:<6} {measured.image_iterations_per_second:8.2f} image-iterations/s"
+                + (f"  (frames: {measured.frames}, writer {measured.encode_seconds:.2f} s)" if kind == "engine" and measured.frames else ""))
+    if engine_images is not None and bare_images is not None:
+        report.agreement = compare_images(engine_images, bare_images)
+    report.machine = machine()
+    return report
+

@@ -1,0 +1,140 @@
+"""The frame path off the hot loop: cheap conversions that keep their meaning, exact snapshots,
+an encoder that yields to the loop, and a progress display that refreshes at a fixed rate."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_core import progress as progress_module
+from pipeline_core.frames import compose, to_uint8
+from pipeline_core.progress import Progress
+from pipeline_core.writers import FramePump, Writer
+
+
+def _reference_uint8(images: torch.Tensor) -> np.ndarray:
+    """The definition: clamp to [0, 1], scale to 255, round half to even, as PyTorch does it."""
+    x = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_to_uint8_matches_the_pytorch_definition_bit_for_bit(seed):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(3, 3, 17, 23, generator=g) * 1.6 - 0.3  # values outside [0, 1] too
+    assert np.array_equal(to_uint8(images), _reference_uint8(images))
+
+
+def test_to_uint8_rounds_halves_to_even_and_maps_non_finite_values_to_bounds():
+    levels = torch.tensor([0.5, 1.5, 2.5, 254.5]) / 255
+    images = levels.view(1, 1, 2, 2).repeat(1, 3, 1, 1)
+    assert np.array_equal(to_uint8(images), _reference_uint8(images))
+    odd = torch.tensor([float("nan"), float("inf"), -float("inf")]).view(1, 3, 1, 1)
+    assert to_uint8(odd).reshape(-1).tolist() == [0, 255, 0]
+
+
+def test_to_uint8_accepts_other_dtypes_and_leaves_its_input_alone():
+    images = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    before = images.clone()
+    out = to_uint8(images)
+    assert out.dtype == np.uint8 and out.shape == (1, 4, 4, 3)
+    assert torch.equal(images, before)
+
+
+def test_compose_scales_images_to_the_tile_and_keeps_the_layout():
+    images = torch.rand(2, 3, 30, 40)
+    frame = compose(images, torch.randn(2, 10), [[1], [2]], tile=64, panels=True)
+    # each image scaled so its longer side is 64 (48 x 64), with a panel beside it, even sides
+    cols = 1  # two images with panels: about square
+    assert frame.shape[1] == cols * (2 * 64 + 2) + (cols + 1) * 2
+    assert frame.shape[0] == 2 * 48 + 3 * 2
+    assert frame.dtype == np.uint8 and frame.flags["C_CONTIGUOUS"]
+
+
+class _Keep(Writer):
+    name = "keep"
+
+    def __init__(self):
+        super().__init__(None, None)
+        self.frames: list[tuple[int, torch.Tensor]] = []
+        self.niceness: list[int] = []
+
+    def frame(self, iteration, images, logits):
+        self.frames.append((iteration, images))
+        if hasattr(os, "getpriority"):
+            self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+
+def test_snapshot_is_a_copy_the_loop_can_keep_changing():
+    writer = _Keep()
+    pump = FramePump([writer])
+    image = torch.zeros(1, 3, 4, 4)
+    pump.snapshot(1, image, None)
+    image.add_(1)  # the loop's next update, in place
+    pump.snapshot(2, image, torch.ones(1, 5))
+    pump.close("completed")
+    assert [i for i, _ in writer.frames] == [1, 2]
+    assert writer.frames[0][1].max() == 0 and writer.frames[1][1].min() == 1
+    assert pump.frames == 2 and pump.encode_cpu_seconds >= 0
+
+
+def test_without_writers_nothing_is_copied_or_counted():
+    pump = FramePump([])
+    pump.snapshot(1, torch.zeros(1, 3, 4, 4), None)
+    pump.close("completed")
+    assert pump.frames == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_writer_thread_runs_nicer_than_the_loop():
+    writer = _Keep()
+    pump = FramePump([writer])
+    pump.snapshot(1, torch.zeros(1, 3, 4, 4), None)
+    pump.close("completed")
+    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert writer.niceness and writer.niceness[0] > loop or loop == 19
+
+
+def test_progress_is_due_at_a_fixed_rate_not_every_iteration(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    p = Progress()
+    due = []
+    for _ in range(100):  # 100 iterations of 10 ms each: 1 s
+        due.append(p.due())
+        clock[0] += 0.01
+    assert sum(due) == 2  # at 0 s and 0.5 s (the interval), never per iteration
+
+
+def test_shrink_scales_the_longer_side_without_autograd():
+    from pipeline_core.writers import shrink
+
+    images = torch.rand(2, 3, 299, 200, requires_grad=True)
+    small = shrink(images, 128)
+    assert small.shape == (2, 3, 128, 86) and not small.requires_grad
+    expected = torch.nn.functional.interpolate(images.detach(), size=(128, 86), mode="bilinear", antialias=True)
+    torch.testing.assert_close(small, expected)
+    assert shrink(images, 400) is images  # never enlarged
+
+
+def test_frames_are_shrunk_on_the_device_only_when_every_writer_accepts_it(tmp_path):
+    from pipeline_core.video import VideoWriter
+    from pipeline_core.writers import FrameInfo
+
+    def info(tile):
+        return FrameInfo(run_dir=tmp_path, batch=1, iterations=1, categories=["a"], targets=[[0]], fps=5, tile=tile,
+                         columns=None)
+
+    with_tile = FramePump([VideoWriter(None, info(128))])
+    assert with_tile.max_side == 128
+    full = FramePump([VideoWriter(None, info(128)), _Keep()])  # a writer that wants full resolution
+    assert full.max_side is None
+    no_tile = FramePump([VideoWriter(None, info(None))])
+    assert no_tile.max_side is None
+    for pump in (with_tile, full, no_tile):
+        pump.close("completed")
