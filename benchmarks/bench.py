@@ -225,11 +225,11 @@ def _inception_weights(folder: Path) -> Path:
 
 
 def gpu_recipe(folder: Path, weights: Path, batch: int, precision: str, iterations: int, frame_every: int,
-               tile: int) -> Path:
+               tile: int, device: str = "cuda") -> Path:
     fast = precision != "fp32"
     recipe = {
         "description": f"InceptionV3 299 px, random weights, batch {batch}, {precision} (speed benchmark)",
-        "iterations": iterations, "seed": 0, "device": "cuda", "batch": batch,
+        "iterations": iterations, "seed": 0, "device": device, "batch": batch,
         "model": {"name": "inception_v3", "weights": str(weights), "size": 299},
         "steps": [
             {"step": "init-noise", "scale": 0.04, "offset": 0.5, "size": 299},
@@ -247,8 +247,10 @@ def gpu_recipe(folder: Path, weights: Path, batch: int, precision: str, iteratio
 
 
 def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        raise SystemExit("--suite gpu needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    device = args.device or "cuda"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--suite gpu needs a CUDA GPU (torch.cuda.is_available() is False here); "
+                         "--device cpu runs the same configuration on the CPU, as a smoke test")
     reg = registry()
     peak = args.peak_tflops * 1e12
     rows: list[dict[str, Any]] = []
@@ -257,10 +259,11 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
         weights = _inception_weights(folder)
         for batch in args.batches:
             for precision in args.precisions:
-                recipe = gpu_recipe(folder, weights, batch, precision, args.iterations, args.frame_every, args.tile)
+                recipe = gpu_recipe(folder, weights, batch, precision, args.iterations, args.frame_every, args.tile,
+                                    device)
                 print(f"== batch {batch}, {precision}", flush=True)
                 report: BenchReport = bench(recipe, reg, args.set, iterations=None, warmup=args.warmup,
-                                            rounds=args.rounds, device=args.device, bare=hand_written_loop,
+                                            rounds=args.rounds, device=device, bare=hand_written_loop,
                                             bare_label="hand-written loop", echo=print)
                 print("\n".join(report.lines()), flush=True)
                 d = report.to_dict()
@@ -269,7 +272,8 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
     base = next((r["bare_image_iterations_per_second"] for r in rows if r["batch"] == 1 and r["precision"] == "fp32"), None)
     gflop = INCEPTION_GFLOP_PER_IMAGE_ITERATION * 1e9
     print()
-    print(f"InceptionV3 299 px on {torch.cuda.get_device_name()}; peak taken as {args.peak_tflops} TFLOP/s; "
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    print(f"InceptionV3 299 px on {where}; peak taken as {args.peak_tflops} TFLOP/s; "
           f"{INCEPTION_GFLOP_PER_IMAGE_ITERATION} GFLOP per image-iteration; video a frame every {args.frame_every} "
           f"iterations at tile {args.tile} px")
     print(f"{'batch':>5} {'prec':>5} {'hand img-it/s':>14} {'engine img-it/s':>16} {'ratio':>6} "

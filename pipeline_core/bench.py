@@ -184,12 +184,23 @@ class Measurement:
         return data
 
 
+class _NullBar(BarProgress):
+    """The real terminal progress bar, drawing into the null device (closed when the bar stops)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        super().__init__(Console(file=self._sink, force_terminal=True, width=120, color_system="standard"))
+
+    def stop(self) -> None:
+        super().stop()
+        self._sink.close()
+
+
 def null_progress() -> Progress:
     """The real terminal progress bar (rich, refreshed at its fixed rate) drawing into a null stream."""
-    from rich.console import Console
-
-    sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the bar
-    return BarProgress(Console(file=sink, force_terminal=True, width=120, color_system="standard"))
+    return _NullBar()
 
 
 def run_engine(recipe: Recipe, registry: Registry, device: str | None = None,
@@ -353,6 +364,7 @@ class BenchReport:
     frame_every: int | None
     video: bool
     machine: dict[str, Any]
+    load_before: float | None = None  #: the 1-minute load average when the benchmark started
     engine: list[Measurement] = field(default_factory=list)
     bare: list[Measurement] = field(default_factory=list)
     agreement: ImageAgreement | None = None
@@ -387,6 +399,7 @@ class BenchReport:
         return {
             "recipe": self.recipe, "device": self.device, "batch": self.batch, "iterations": self.iterations,
             "warmup": self.warmup, "rounds": len(self.engine), "video": self.video, "frame_every": self.frame_every,
+            "load_average_before": self.load_before,
             "machine": self.machine,
             "engine_image_iterations_per_second": self.median("engine", "image_iterations_per_second"),
             "bare_image_iterations_per_second": self.median("bare", "image_iterations_per_second"),
@@ -423,7 +436,8 @@ class BenchReport:
             f"video {'on, a frame every ' + str(self.frame_every) if self.video else 'off'}, progress bar on)",
             f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} on {self.device} "
             f"({m['torch_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
-            + (f"; load average {load[0]:.2f} at the end" if load else ""),
+            + (f"; load average {self.load_before:.2f} at the start, {load[0]:.2f} at the end"
+               if load and self.load_before is not None else ""),
             f"median of {rounds} alternating round{'s' if rounds != 1 else ''}, after a warm-up of {self.warmup} "
             "iterations each:",
         ]
@@ -452,6 +466,10 @@ class BenchReport:
             out.append(f"  frames: {num(frames, '{:.0f}')} per run; writer thread {num(self.median('engine', 'encode_seconds'))} s "
                        f"wall, {num(self.median('engine', 'encode_cpu_seconds'))} s CPU; ffmpeg "
                        f"{num(self.median('engine', 'encoder_process_cpu_seconds'))} s CPU")
+        busy = self.load_before if self.load_before is not None else 0.0
+        if busy > 0.5 * (m.get("cpu_count") or 1):
+            out.append(f"  note: the machine was busy (load average {busy:.2f} on {m.get('cpu_count')} CPUs) when the "
+                       "benchmark started; other work makes these figures noisy")
         if self.engine and not self.engine[0].rss_exact:
             out.append("  note: this system cannot reset the peak-RSS mark; peak RSS is the process's lifetime peak")
         if self.agreement is not None:
@@ -485,6 +503,7 @@ def bench(recipe_path: str | Path, registry: Registry, overrides: Sequence[str] 
     report = BenchReport(recipe=str(recipe_path), device=str(dev), batch=recipe.plan.batch,
                          iterations=recipe.plan.iterations, warmup=warmup,
                          frame_every=out.frame_every if out.video else None, video=out.video, machine={},
+                         load_before=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                          bare_label=bare_label)
     say = echo or (lambda _text: None)
     if warmup > 0:

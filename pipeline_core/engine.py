@@ -103,6 +103,16 @@ def _tried(exc: BaseException) -> int:
     return int(float(m.group(1)) * unit)
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Every value finite. One reduction and no temporary: NaN propagates into the minimum and
+    maximum and an infinity is one of them, so this equals ``isfinite(t).all()``, which on a
+    CPU costs about 15 times as much (a boolean copy of the tensor, then a second pass)."""
+    if t.numel() == 0:
+        return True
+    low, high = t.detach().aminmax()
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
 
@@ -395,7 +405,7 @@ class Run:
                     for s in active:
                         self._where = s.step
                         x = s.step.apply(ctx, x)
-                        if check and not bool(torch.isfinite(x).all()):
+                        if check and not _finite(x):
                             raise self._fault(ctx, f"step {s.step.index} ({s.step.name}) turned the image into NaN or Inf "
                                                    f"at iteration {it}")
                     param.set_image(x)
@@ -405,7 +415,7 @@ class Run:
                 if s.active(it):
                     self._where = s.step
                     view = s.step.apply(ctx, view)
-                    if check and not bool(torch.isfinite(view.detach()).all()):
+                    if check and not _finite(view):
                         raise self._fault(ctx, f"step {s.step.index} ({s.step.name}) turned the view into NaN or Inf "
                                                f"at iteration {it}")
             self._where = "the model"
@@ -426,7 +436,7 @@ class Run:
                 raise self._fault(ctx, self._diagnose(it, terms, image, result.logits))
             params = param.parameters()
             grads = torch.autograd.grad(total, params)
-            if check and not all(bool(torch.isfinite(g).all()) for g in grads):
+            if check and not all(_finite(g) for g in grads):
                 names = ", ".join(f"step {st.index} ({st.name})" for st, _ in terms)
                 raise self._fault(ctx, f"the gradient of the loss holds NaN or Inf at iteration {it} although the loss "
                                        f"is finite; it comes from the objectives ({names}) or the model")
@@ -435,7 +445,7 @@ class Run:
                     if s.active(it):
                         self._where = s.step
                         s.step.update(ctx, params, list(grads))
-                        if check and not all(bool(torch.isfinite(q).all()) for q in param.parameters()):
+                        if check and not all(_finite(q) for q in param.parameters()):
                             raise self._fault(ctx, f"step {s.step.index} ({s.step.name}) made the image NaN or Inf at "
                                                    f"iteration {it}{self._magnitude(self._good)}; lower its step size")
             if check:

@@ -25,7 +25,7 @@ class VideoWriter(Writer):
     The preset is a speed choice. On a small CPU the encoder shares the cores with the
     model; on a GPU machine the loop can ask for hundreds of frames a second. x264's default
     preset (``medium``) costs about 10 times the CPU per frame of ``ultrafast``, for files
-    about a fifth smaller at the same quality (docs/performance.md has the figures).
+    about a sixth smaller at the same quality (docs/performance.md has the figures).
     """
 
     name = "video"

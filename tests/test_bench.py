@@ -133,3 +133,23 @@ def test_benchmark_script_hand_written_loop_matches_the_engine(mobilenet_path, t
     data = json.loads(out.read_text())
     assert data["images"]["identical"]  # the hand-written loop and the engine did the same arithmetic
     assert data["ratio"] > 0 and data["encoder_process_cpu_seconds"] is not None
+
+
+def test_gpu_suite_recipes_are_valid_and_fit_the_hand_written_loop(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench as script
+    finally:
+        sys.path.pop(0)
+    from pipeline_core.recipe import load_recipe
+
+    weights = script._inception_weights(tmp_path)
+    for batch, precision in ((1, "fp32"), (64, "bf16")):
+        path = script.gpu_recipe(tmp_path, weights, batch, precision, iterations=50, frame_every=10, tile=128)
+        recipe = load_recipe(path, make_registry())
+        assert recipe.plan.batch == batch and recipe.model_info.size == 299 and recipe.model_spec.name == "inception_v3"
+        perf = recipe.model.performance
+        assert perf.precision == precision and perf.channels_last == (precision != "fp32")
+        assert recipe.model.output.video and recipe.model.output.frame_every == 10
+        spec = script.LoopSpec.of(recipe)
+        assert spec.noise_shape == (299, 299) and spec.blur is not None and len(spec.targets) == batch

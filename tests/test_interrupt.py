@@ -3,8 +3,8 @@
 The runs use the tiny test model, brought into the subprocess the way a third-party package
 would bring it: a plugin announced through an entry point (a ``*.dist-info`` folder on
 PYTHONPATH). The plugin also has a ``test-gate`` step that holds the run at one iteration until
-a signal has been *handled* (``signal.pause`` returns only after the handler ran), so every
-test knows exactly which iteration the signal landed in, however loaded the machine is.
+the run's own signal handler has *run* (it wraps the handler to count), so every test knows
+exactly which iteration the signal landed in, however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ GATE_PLUGIN = '''
 """Test plugin: the tiny model, and a step that holds the run at one iteration for signals."""
 import os
 import signal
+import time
 from pathlib import Path
 
 from pydantic import Field
@@ -51,12 +52,25 @@ class Gate(Step):
     def apply(self, ctx, x):
         folder = os.environ.get("PIPELINE_TEST_GATE")
         if folder and ctx.iteration == self.params.at:
+            handled = []
+            originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+            def counting(signum, frame):  # the run's own handler, counted
+                handled.append(signum)
+                Path(folder, f"signalled-{len(handled)}").write_text("")
+                originals[signum](signum, frame)
+
+            for s in originals:
+                signal.signal(s, counting)
             signal.alarm(120)  # a test that never signals must not leave the run waiting for ever
-            Path(folder, "reached").write_text(str(ctx.iteration))
-            for n in range(1, self.params.signals + 1):
-                signal.pause()  # returns once a signal handler has run
-                Path(folder, f"signalled-{n}").write_text("")
-            signal.alarm(0)
+            try:
+                Path(folder, "reached").write_text(str(ctx.iteration))
+                while len(handled) < self.params.signals:  # a signal before this line is counted too
+                    time.sleep(0.01)
+            finally:
+                signal.alarm(0)
+                for s, h in originals.items():
+                    signal.signal(s, h)
         return x
 
 
@@ -105,9 +119,16 @@ output:
 """
 
 
+#: Runs shared by several test modules. pytest makes one fixture per module that imports a
+#: fixture, so a session fixture imported elsewhere would run again there; this keeps one.
+_SHARED: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def plugin_env(tmp_path_factory) -> dict[str, str]:
     """Environment for a subprocess that loads the gate plugin through its entry point."""
+    if "env" in _SHARED:
+        return _SHARED["env"]  # type: ignore[return-value]
     site = tmp_path_factory.mktemp("site")
     (site / "pipeline_test_gate.py").write_text(GATE_PLUGIN, encoding="utf-8")
     info = site / "pipeline_test_gate-1.0.dist-info"
@@ -116,7 +137,8 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
     (info / "entry_points.txt").write_text("[pipeline_core.plugins]\ntest_gate = pipeline_test_gate\n")
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     # one thread: the tiny model's convolutions run far faster than when two fight over a shared CPU
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    _SHARED["env"] = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return _SHARED["env"]  # type: ignore[return-value]
 
 
 def write_recipe(folder: Path, at: int = 7, signals: int = 1, checkpoint_every: int = 5) -> Path:
@@ -180,17 +202,22 @@ def gated_run(tmp_path: Path, env: dict[str, str], sig: int, at: int = 7, signal
 @pytest.fixture(scope="session")
 def reference_run(plugin_env, tmp_path_factory) -> Path:
     """The gated recipe run straight through (no gate folder, so the gate never waits)."""
-    folder = tmp_path_factory.mktemp("reference")
-    run_dir = folder / "run"
-    rc, _out, err = finish(start(["run", str(write_recipe(folder)), "--out", str(run_dir), "--quiet"], plugin_env))
-    assert rc == 0, err
-    return run_dir
+    if "reference" not in _SHARED:
+        folder = tmp_path_factory.mktemp("reference")
+        run_dir = folder / "run"
+        rc, _out, err = finish(start(["run", str(write_recipe(folder)), "--out", str(run_dir), "--quiet"], plugin_env))
+        assert rc == 0, err
+        _SHARED["reference"] = run_dir
+    return _SHARED["reference"]  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")
 def sigint_run(plugin_env, tmp_path_factory) -> tuple[Path, int, str]:
-    """The gated recipe stopped by Ctrl-C at iteration 7: (run dir, exit code, stderr)."""
-    return gated_run(tmp_path_factory.mktemp("sigint"), plugin_env, signal.SIGINT, at=7)
+    """The gated recipe stopped by Ctrl-C at iteration 7: (run dir, exit code, stderr). Tests copy it
+    before changing it."""
+    if "sigint" not in _SHARED:
+        _SHARED["sigint"] = gated_run(tmp_path_factory.mktemp("sigint"), plugin_env, signal.SIGINT, at=7)
+    return _SHARED["sigint"]  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -239,7 +266,8 @@ def test_ctrl_c_on_the_real_mobilenet_leaves_a_consistent_run(cli, mobilenet_pat
     """No gate here: a real terminal-style Ctrl-C whenever the first checkpoint has appeared."""
     run_dir = tmp_path / "run"
     sets = [arg for s in [*MOBILENET_SETS, "iterations=300", "output.checkpoint_every=1"] for arg in ("--set", s)]
-    proc = start(["run", str(RECIPES / "castle_from_flowers.yaml"), *sets, "--out", str(run_dir)], os.environ.copy())
+    proc = start(["run", str(RECIPES / "castle_from_flowers.yaml"), *sets, "--out", str(run_dir)],
+                 {**os.environ, "OMP_NUM_THREADS": "1"})
     wait_for(run_dir / "checkpoint.pt", proc, timeout=300)
     os.killpg(proc.pid, signal.SIGINT)
     rc, _out, err = finish(proc)

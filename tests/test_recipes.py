@@ -110,7 +110,15 @@ def small_run_sets(name: str) -> list[str]:
     for i, step in enumerate(data["steps"]):
         for key in ("target", "start", "end", "images"):
             if isinstance(step.get(key), list):
-                sets.append(f"steps.{i}.{key}={json.dumps(step[key][:1])}")
+                first = step[key][:1]
+                if key == "images":  # --set paths are read from the shell's folder, not the recipe's
+                    first = [str(RECIPES / p) for p in first]
+                sets.append(f"steps.{i}.{key}={json.dumps(first)}")
+        start = step.get("from")  # every step must get the chance to run
+        if isinstance(start, int):
+            iterations = max(iterations, start + 1)
+        elif isinstance(start, float):
+            iterations = max(iterations, int(1 / (1 - start)) + 1 if start < 1 else iterations)
         if step["step"] == "octave":
             iterations = max(iterations, len(step.get("scales", [0.5, 0.71, 1.0])))
     return [f"iterations={iterations}", *sets]
