@@ -29,6 +29,7 @@ its final target.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,6 @@ import yaml
 
 from .errors import ModelLoadError, PipelineError, RecipeError
 from .model import ModelAdapter, ModelSpec
-from .plan import _norm
 from .record import atomic_write_json
 from .registry import Registry
 
@@ -162,8 +162,6 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[ScoredImage]]:
     record_path = run_dir / "run.json"
     if not record_path.is_file():
         raise RecipeError(f"{run_dir} is not a run folder: it has no run.json")
-    import json
-
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -180,6 +178,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[ScoredImage]]:
 
 
 def load_images(run_dir: Path, images: Sequence[ScoredImage]) -> list[torch.Tensor]:
+    """The final PNGs as (3, H, W) tensors in [0, 1], exactly as the run saved them."""
+    import numpy as np
     from PIL import Image
 
     out = []
@@ -188,12 +188,17 @@ def load_images(run_dir: Path, images: Sequence[ScoredImage]) -> list[torch.Tens
         if not path.is_file():
             raise RecipeError(f"{path} is listed in run.json but missing")
         with Image.open(path) as im:
-            array = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-            out.append(array.view(im.height, im.width, 3).permute(2, 0, 1).float() / 255.0)
+            array = np.array(im.convert("RGB"))
+        out.append(torch.from_numpy(array).permute(2, 0, 1).float() / 255.0)
     return out
 
 
 # -- scoring ---------------------------------------------------------------------------------------
+
+
+def _norm(name: str) -> str:
+    """Class names compared as recipes compare them: case, spaces, '_' and '-' ignored."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
 def target_in(categories: Sequence[str], index: int, name: str) -> int | None:
@@ -248,6 +253,7 @@ class ModelScore:
 
 
 def build_adapter(model: EvalModel, registry: Registry, device: torch.device) -> ModelAdapter:
+    """Load a scoring model exactly as a run would (same registry, weights and preprocessing)."""
     try:
         model_def = registry.model(model.name)
     except KeyError as exc:
