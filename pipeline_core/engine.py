@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .context import RunContext
 from .device import pick_device
 from .errors import ModelLoadError, PipelineError, RunFailed
-from .frames import compose, to_uint8
+from .frames import auto_tile, compose, to_uint8
 from .interrupts import StopFlag, graceful_stop
 from .model import ModelAdapter
 from .parameterization import Parameterization, PixelImage
@@ -356,10 +356,14 @@ class Run:
         out = self.recipe.model.output
         if self.resume is not None and out.video:
             self._video_to_checkpoint(record)
+        tile = out.tile
+        if tile is None and self._ctx is not None:
+            side = max(self._ctx.image.shape[-2:])
+            tile = auto_tile(self.recipe.plan.batch, side, out.video and out.logits_panel, out.columns)
         info = FrameInfo(run_dir=self.run_dir, batch=self.recipe.plan.batch, iterations=self.recipe.plan.iterations,
                          categories=list(self.recipe.model_info.categories),
                          targets=[[t["index"] for t in ts] for ts in self.targets], fps=out.fps,
-                         tile=out.tile, columns=out.columns)
+                         tile=tile, columns=out.columns)
         writers: list[Writer] = []
         if out.video:
             segment = self.resume.segment + 1 if self.resume is not None else 0

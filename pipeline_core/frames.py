@@ -38,6 +38,25 @@ def columns_for(n: int, with_panel: bool) -> int:
     return max(1, math.ceil(math.sqrt(n / 2 if with_panel else n)))
 
 
+#: the longer side of a video frame when the recipe sets no ``output.tile``: big batches get
+#: smaller tiles instead of frames that H.264 players refuse and that cost seconds to compose
+MAX_FRAME_SIDE = 2048
+#: the smallest automatic tile; a batch that needs less than this makes a larger frame
+MIN_AUTO_TILE = 16
+
+
+def auto_tile(n: int, side: int, with_panel: bool, columns: int | None = None, pad: int = 2,
+              budget: int = MAX_FRAME_SIDE) -> int | None:
+    """A tile that keeps the grid of ``n`` images within ``budget`` pixels; None if ``side`` fits."""
+    cols = columns or columns_for(n, with_panel)
+    rows = math.ceil(n / cols)
+    per, extra = (2, pad) if with_panel else (1, 0)
+    fit_w = (budget - (cols + 1) * pad - cols * extra) // (cols * per)
+    fit_h = (budget - (rows + 1) * pad) // rows
+    tile = min(fit_w, fit_h)
+    return None if tile >= side else max(MIN_AUTO_TILE, tile)
+
+
 def logits_panel(logits: np.ndarray, targets: Sequence[int], height: int, width: int) -> np.ndarray:
     """A scatter of one image's logits over the class index, the target classes in red."""
     panel = np.full((height, width, 3), 250, dtype=np.uint8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline_core import progress as progress_module
-from pipeline_core.frames import compose, to_uint8
+from pipeline_core.frames import MAX_FRAME_SIDE, auto_tile, compose, to_uint8
 from pipeline_core.progress import Progress
 from pipeline_core.writers import FramePump, Writer
 
@@ -55,6 +55,24 @@ def test_compose_scales_images_to_the_tile_and_keeps_the_layout():
     assert frame.shape[0] == 2 * 48 + 3 * 2
     assert frame.dtype == np.uint8 and frame.flags["C_CONTIGUOUS"]
 
+
+
+@pytest.mark.parametrize("n, side, panels", [(60, 224, True), (400, 224, False), (1000, 299, True), (7, 512, True)])
+def test_auto_tile_keeps_big_batches_within_the_frame_budget(n, side, panels):
+    tile = auto_tile(n, side, panels)
+    assert tile is not None and 16 <= tile < side
+    frame = compose(torch.rand(n, 3, 8, 8), torch.randn(n, 5) if panels else None, tile=tile, panels=panels)
+    assert max(frame.shape[:2]) <= MAX_FRAME_SIDE
+    # and the tile is the largest that fits: one pixel more would overflow
+    bigger = compose(torch.rand(n, 3, 8, 8), torch.randn(n, 5) if panels else None, tile=tile + 1, panels=panels)
+    assert max(bigger.shape[:2]) > MAX_FRAME_SIDE
+
+
+def test_auto_tile_leaves_small_batches_at_their_own_size():
+    assert auto_tile(4, 224, True) is None
+    assert auto_tile(16, 128, False) is None
+    # a batch too big even for the smallest tile gets the smallest tile, not zero
+    assert auto_tile(100_000, 224, True) == 16
 
 class _Keep(Writer):
     name = "keep"
