@@ -43,6 +43,9 @@ from .step import Step, StepKind
 from .video import VideoWriter
 from .writers import FrameInfo, FramePump, Writer
 
+#: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size)
+MAX_GRID_SIDE = 8192
+
 
 @dataclass
 class RunResult:
@@ -158,6 +161,8 @@ class Run:
         #: the step (or "the model") running now, so an exception can be pinned on it
         self._where: Step | str | None = None
         self._in_loop = False
+        #: what went wrong at the end without failing the run, for its message
+        self._notes: list[str] = []
 
     # -- facts for run.json ---------------------------------------------------------------
     def _targets(self) -> list[list[dict[str, Any]]]:
@@ -573,6 +578,7 @@ class Run:
                 problems.append(f"the final images could not be written ({type(exc).__name__}: {exc})")
                 if status == "completed":
                     status, self.error_code = "failed", 1
+            problems.extend(self._notes)
             if status == "completed":
                 (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
                 record.data.pop("checkpoint", None)
@@ -611,27 +617,52 @@ class Run:
         return sorted({f for f in files if not f.startswith(".video.part")} | ({"video.mp4"} if joined else set()))
 
     def _save_images(self, ctx: RunContext) -> list[dict[str, Any]]:
-        with torch.no_grad():
-            final = ctx.param.image().detach().float().clamp(0, 1)
-            logits = ctx.model(final).logits if bool(torch.isfinite(final).all()) else None
+        """The final PNGs and grid first, then the model's top five for each, so that a batch too
+        big to score (a run that failed for lack of memory) still leaves its images."""
+        final = ctx.param.image().detach().float().clamp(0, 1)
         images_dir = self.run_dir / "images"
         pics = to_uint8(final)
-        cats = self.recipe.model_info.categories
-        probs = torch.softmax(logits, 1).cpu() if logits is not None else None
-        out = []
+        names = []
         for i in range(pics.shape[0]):
             targets = self.targets[i]
             label = targets[-1]["name"] if targets else "image"
-            name = f"{i:03d}_{_slug(label)}.png"
-            save_png(images_dir / name, pics[i])
+            names.append(f"{i:03d}_{_slug(label)}.png")
+            save_png(images_dir / names[-1], pics[i])
+        side = max(final.shape[-2:])
+        columns = self.recipe.model.output.columns
+        tile = auto_tile(final.shape[0], side, False, columns, budget=MAX_GRID_SIDE)
+        save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns))
+        probs = self._final_probabilities(ctx, final)
+        cats = self.recipe.model_info.categories
+        out = []
+        for i, name in enumerate(names):
             top5 = []
             if probs is not None:
                 p, idx = probs[i].topk(min(5, probs.shape[1]))
                 top5 = [{"index": int(k), "name": str(cats[int(k)]) if int(k) < len(cats) else str(int(k)),
                          "probability": round(float(v), 6)} for v, k in zip(p, idx)]
-            out.append({"file": name, "targets": targets, "top5": top5})
-        save_png(images_dir / "grid.png", compose(final, columns=self.recipe.model.output.columns))
+            out.append({"file": name, "targets": self.targets[i], "top5": top5})
         return out
+
+    def _final_probabilities(self, ctx: RunContext, final: torch.Tensor) -> torch.Tensor | None:
+        """Softmax of the model on the final images, in smaller pieces if the whole batch does not
+        fit; None (and a note in the message) if the images cannot be scored at all."""
+        if not bool(torch.isfinite(final).all()):
+            return None
+        chunk = final.shape[0]
+        while True:
+            try:
+                with torch.no_grad():
+                    logits = torch.cat([ctx.model(part).logits.float() for part in final.split(chunk)])
+                return torch.softmax(logits, 1).cpu()
+            except torch.cuda.OutOfMemoryError as exc:
+                if ctx.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if chunk == 1:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    self._notes.append(f"the final images were saved but not scored: {type(exc).__name__}: {first}")
+                    return None
+                chunk = max(1, chunk // 4)
 
 
 def load_resume(run_dir: Path) -> Checkpoint:

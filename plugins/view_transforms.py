@@ -35,6 +35,21 @@ class JitterParams(ViewParams):
     value: float = Field(0.5, description="The grey level for fill: constant.")
 
 
+def _uniform(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform noise drawn where ``like`` lives.
+
+    On the CPU the step's generator draws it directly. On a GPU drawing a whole batch of noise
+    on the host and copying it over would cost more than the model's own pass (tens of
+    milliseconds a batch), so the step's generator draws only a seed for a generator on the
+    device: still one seeded, checkpointed stream, so runs replay and resume exactly.
+    """
+    if like.device.type == "cpu":
+        return torch.rand(shape, generator=generator).to(like.dtype)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.rand(shape, generator=device_generator, device=like.device, dtype=like.dtype)
+
+
 def _fill_pad(x: torch.Tensor, pad: int, fill: str, value: float, generator: torch.Generator) -> torch.Tensor:
     """Pad all four sides by ``pad`` pixels (reflect falls back to replicate when too small)."""
     if pad == 0:
@@ -44,11 +59,24 @@ def _fill_pad(x: torch.Tensor, pad: int, fill: str, value: float, generator: tor
         return F.pad(x, (pad, pad, pad, pad), mode=mode)
     padded = F.pad(x, (pad, pad, pad, pad), mode="constant", value=value)
     if fill == "noise":
-        noise = torch.rand(padded.shape, generator=generator).to(x.device, x.dtype)
+        noise = _uniform(padded.shape, generator, x)
         inside = torch.zeros(padded.shape[-2:], dtype=torch.bool, device=x.device)
         inside[pad:-pad, pad:-pad] = True
         padded = torch.where(inside, padded, noise)
     return padded
+
+
+def _crop(padded: torch.Tensor, offsets: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Each image's own (h, w) window at (dy, dx), in one gather rather than one slice per image.
+
+    Every output pixel reads a different input pixel, so the backward pass (a scatter) never
+    adds two values into one place: the gradient is exact and the same as slicing's.
+    """
+    b, c, hp, wp = padded.shape
+    rows = offsets[:, 0, None] + torch.arange(h, device=padded.device)  # (b, h)
+    cols = offsets[:, 1, None] + torch.arange(w, device=padded.device)  # (b, w)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 class Jitter(Step):
@@ -64,9 +92,9 @@ class Jitter(Step):
             return x
         g = ctx.generator(self)
         b, _, h, w = x.shape
-        offsets = torch.randint(0, 2 * p.pixels + 1, (b, 2), generator=g).tolist()
+        offsets = torch.randint(0, 2 * p.pixels + 1, (b, 2), generator=g)
         padded = _fill_pad(x, p.pixels, p.fill, p.value, g)
-        return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+        return _crop(padded, offsets.to(x.device), h, w)
 
 
 class RandomScaleParams(ViewParams):

@@ -222,6 +222,43 @@ def test_cuda_out_of_memory_says_which_batch_would_fit(registry, tmp_path, monke
     assert len(pngs(tmp_path / "run")) == 9  # the images reached so far are still written
 
 
+def _scoring_runs_out_of_memory_above(monkeypatch, limit: int) -> list[int]:
+    """The final scoring (no autograd) of more than ``limit`` images raises CUDA's OOM error."""
+    from pipeline_core.model import ModelAdapter
+
+    seen: list[int] = []
+    real = ModelAdapter.__call__
+
+    def call(self, x, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            seen.append(x.shape[0])
+            if x.shape[0] > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.")
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ModelAdapter, "__call__", call)
+    return seen
+
+
+def test_final_images_too_many_to_score_at_once_are_scored_in_pieces(registry, tmp_path, monkeypatch):
+    seen = _scoring_runs_out_of_memory_above(monkeypatch, 2)
+    done = run(tiny_recipe(iterations=2, batch=8), tmp_path / "run", registry)
+    assert done.status == "completed" and not done.message
+    assert seen[0] == 8 and max(seen[1:]) <= 2 and sum(seen[1:]) == 8
+    images = json.loads((tmp_path / "run" / "run.json").read_text())["images"]
+    assert len(images) == 8 and all(len(i["top5"]) == 5 for i in images)
+
+
+def test_final_images_that_cannot_be_scored_are_still_written(registry, tmp_path, monkeypatch):
+    _scoring_runs_out_of_memory_above(monkeypatch, 0)
+    done = run(tiny_recipe(iterations=2, batch=4), tmp_path / "run", registry)
+    assert done.status == "completed"
+    assert "the final images were saved but not scored: OutOfMemoryError" in done.message
+    assert len(pngs(tmp_path / "run")) == 5  # four images and the grid
+    images = json.loads((tmp_path / "run" / "run.json").read_text())["images"]
+    assert [i["top5"] for i in images] == [[]] * 4
+
+
 def test_out_of_memory_advice_for_small_batches():
     assert "a batch of about 1 should fit" in oom_advice(2, 30 * 2**30, 2**30, 32 * 2**30, "on X")
     one = oom_advice(1, 30 * 2**30, 2**30, 32 * 2**30, "on X")

@@ -127,3 +127,28 @@ def test_view_transforms_leave_the_stored_image_alone_and_replay_exactly(tmp_pat
     from PIL import Image
 
     assert Image.open(tmp_path / "a" / "images" / name).size == (32, 32)
+
+
+def test_jitter_crop_in_one_gather_matches_slicing_each_image_values_and_gradient():
+    from pipeline_plugins.view_transforms import _crop
+
+    g = torch.Generator().manual_seed(3)
+    padded = torch.rand(5, 3, 20, 24, generator=g, requires_grad=True)
+    offsets = torch.randint(0, 9, (5, 2), generator=g)
+    out = _crop(padded, offsets, 12, 16)
+    sliced = torch.stack([padded[i, :, dy:dy + 12, dx:dx + 16] for i, (dy, dx) in enumerate(offsets.tolist())])
+    assert torch.equal(out, sliced)
+    weights = torch.rand(out.shape, generator=g)
+    (grad_gather,) = torch.autograd.grad((out * weights).sum(), padded)
+    (grad_slices,) = torch.autograd.grad((sliced * weights).sum(), padded)
+    assert torch.equal(grad_gather, grad_slices)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the noise is drawn on the device there")
+def test_jitter_noise_fill_is_drawn_on_the_gpu_and_seeded():
+    from pipeline_plugins.view_transforms import _uniform
+
+    like = torch.zeros(1, device="cuda")
+    a = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
+    b = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
+    assert a.device.type == "cuda" and torch.equal(a, b)
