@@ -157,6 +157,9 @@ class Measurement:
     encode_cpu_seconds: float | None = None  #: engine: the writer thread's CPU time on frames
     encoder_process_cpu_seconds: float | None = None  #: engine: ffmpeg's CPU time (user + system)
     frames: int | None = None
+    #: engine: the wait at the end for frames still queued and for ffmpeg to finish the file; a
+    #: fixed cost per run that a short benchmark shows as a per-iteration one
+    drain_seconds: float | None = None
 
     @property
     def image_iterations_per_second(self) -> float:
@@ -233,6 +236,7 @@ def run_engine(recipe: Recipe, registry: Registry, device: str | None = None,
         cuda_max_allocated_bytes=mem.cuda_peak, encode_seconds=t.get("encode_seconds"),
         encode_cpu_seconds=t.get("encode_cpu_seconds"),
         encoder_process_cpu_seconds=round(_children_cpu() - cpu0, 3), frames=t.get("frames"),
+        drain_seconds=t.get("drain_seconds"),
     )
     return measured, images
 
@@ -413,6 +417,7 @@ class BenchReport:
             "bare_rss_growth_bytes": self.median("bare", "rss_growth_bytes"),
             "cuda_max_allocated_ratio": self.cuda_memory_ratio,
             "encode_seconds": self.median("engine", "encode_seconds"),
+            "drain_seconds": self.median("engine", "drain_seconds"),
             "encode_cpu_seconds": self.median("engine", "encode_cpu_seconds"),
             "encoder_process_cpu_seconds": self.median("engine", "encoder_process_cpu_seconds"),
             "images": None if self.agreement is None else {**asdict(self.agreement), "identical": self.agreement.identical},
@@ -465,7 +470,8 @@ class BenchReport:
             frames = self.median("engine", "frames")
             out.append(f"  frames: {num(frames, '{:.0f}')} per run; writer thread {num(self.median('engine', 'encode_seconds'))} s "
                        f"wall, {num(self.median('engine', 'encode_cpu_seconds'))} s CPU; ffmpeg "
-                       f"{num(self.median('engine', 'encoder_process_cpu_seconds'))} s CPU")
+                       f"{num(self.median('engine', 'encoder_process_cpu_seconds'))} s CPU; "
+                       f"{num(self.median('engine', 'drain_seconds'))} s waiting for the last frames at the end")
         busy = self.load_before if self.load_before is not None else 0.0
         if busy > 0.5 * (m.get("cpu_count") or 1):
             out.append(f"  note: the machine was busy (load average {busy:.2f} on {m.get('cpu_count')} CPUs) when the "

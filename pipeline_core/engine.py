@@ -373,7 +373,8 @@ class Run:
         if out.video:
             segment = self.resume.segment + 1 if self.resume is not None else 0
             name = "video.mp4" if segment == 0 else f".video.part{segment}.mp4"
-            writers.append(VideoWriter(None, info, logits_panel=out.logits_panel, path=self.run_dir / name))
+            writers.append(VideoWriter(None, info, logits_panel=out.logits_panel, path=self.run_dir / name,
+                                       encoder_threads=1 if self.device.type == "cpu" else None))
         for options in out.writers:
             cls = self.registry.writer(options["writer"])
             params = cls.Params.model_validate({k: v for k, v in options.items() if k != "writer"})

@@ -32,8 +32,13 @@ class VideoWriter(Writer):
     #: x264 preset; slower presets give smaller files for the same quality at more CPU per frame
     preset = "ultrafast"
 
-    def __init__(self, params, info: FrameInfo, logits_panel: bool = True, path: Path | None = None):
+    def __init__(self, params, info: FrameInfo, logits_panel: bool = True, path: Path | None = None,
+                 encoder_threads: int | None = None):
         super().__init__(params, info)
+        #: x264's threads; None lets it choose (about 1.5 per core). A run on the CPU passes 1:
+        #: the cores belong to PyTorch's threads, and a single encoder thread preempts them less
+        #: often (docs/performance.md: 0.86 -> 0.90 of the bare loop with a frame every iteration)
+        self.encoder_threads = encoder_threads
         self.frame_side = info.tile  # a fixed tile: frames larger than it may be shrunk before they get here
         self.path = path or info.run_dir / "video.mp4"
         self.logits_panel = logits_panel
@@ -46,9 +51,12 @@ class VideoWriter(Writer):
         self._size = (w, h)
         self._encoder = imageio_ffmpeg.write_frames(
             str(self.path), (w, h), fps=self.info.fps, codec="libx264", quality=8,
-            macro_block_size=1, output_params=[*FRAGMENTED, "-preset", self.preset], ffmpeg_log_level="error",
+            macro_block_size=1, output_params=[*FRAGMENTED, "-preset", self.preset, *self._threads()], ffmpeg_log_level="error",
         )
         self._encoder.send(None)  # start ffmpeg
+
+    def _threads(self) -> list[str]:
+        return ["-threads", str(self.encoder_threads)] if self.encoder_threads else []
 
     def frame(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None) -> None:
         # a fixed tile keeps every frame the same size even while a transform resizes the image

@@ -156,3 +156,22 @@ def test_frames_are_shrunk_on_the_device_only_when_every_writer_accepts_it(tmp_p
     assert no_tile.max_side is None
     for pump in (with_tile, full, no_tile):
         pump.close("completed")
+
+
+def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, monkeypatch):
+    """On the CPU the cores belong to the model: the encoder gets one thread, not x264's ~1.5 per core."""
+    import imageio_ffmpeg
+
+    from pipeline_core.testing import run_recipe_dict, tiny_recipe
+
+    seen = []
+    real = imageio_ffmpeg.write_frames
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["output_params"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", spy)
+    run_recipe_dict(tiny_recipe(iterations=2, output={"video": True}), tmp_path / "run")
+    assert len(seen) == 1 and seen[0][-2:] == ["-threads", "1"]
+    assert (tmp_path / "run" / "video.mp4").stat().st_size > 0
