@@ -39,3 +39,36 @@ def test_a_run_records_the_timings_the_benchmark_uses(tmp_path):
     for key in ("loop_seconds", "loop_cpu_seconds", "drain_seconds", "encode_seconds", "encode_cpu_seconds"):
         assert timings[key] >= 0, key
     assert timings["frames"] == 5  # the first image and one per iteration
+
+
+def test_the_loop_runs_with_pre_existing_objects_frozen_and_unfreezes_them_after(tmp_path, isolated_registry):
+    """Full garbage collections must not walk PyTorch's ~350k objects in the middle of an iteration."""
+    import gc
+
+    from pipeline_core.hookspecs import hookimpl
+    from pipeline_core.step import Step, StepKind, TransformParams
+    from pipeline_core.testing import registered
+
+    seen: list[int] = []
+
+    class Probe(Step):
+        name = "test-gc-probe"
+        kind = StepKind.TRANSFORM
+        Params = TransformParams
+
+        def apply(self, ctx, x):
+            seen.append(gc.get_freeze_count())
+            return x
+
+    class Plugin:
+        @hookimpl
+        def register_steps(self, registry):
+            registry.add_step(Probe)
+
+    before = gc.get_freeze_count()
+    recipe = tiny_recipe(iterations=3)
+    recipe["steps"].insert(1, {"step": "test-gc-probe"})
+    with registered(Plugin(), isolated_registry):
+        run_recipe_dict(recipe, tmp_path / "run", registry=isolated_registry)
+    assert len(seen) == 3 and min(seen) > before + 1000  # the libraries' objects, frozen
+    assert gc.get_freeze_count() == before
