@@ -40,6 +40,7 @@ import yaml
 
 from .errors import ModelLoadError, PipelineError, RecipeError
 from .model import ModelAdapter, ModelSpec
+from .plan import class_key
 from .record import atomic_write_json
 from .registry import Registry
 
@@ -196,18 +197,13 @@ def load_images(run_dir: Path, images: Sequence[ScoredImage]) -> list[torch.Tens
 # -- scoring ---------------------------------------------------------------------------------------
 
 
-def _norm(name: str) -> str:
-    """Class names compared as recipes compare them: case, spaces, '_' and '-' ignored."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
-
-
 def target_in(categories: Sequence[str], index: int, name: str) -> int | None:
     """The evaluator's index for a generator's class: by name, else by index if the lists agree in size."""
-    wanted = _norm(name)
-    if 0 <= index < len(categories) and _norm(categories[index]) == wanted:
+    wanted = class_key(name)
+    if 0 <= index < len(categories) and class_key(categories[index]) == wanted:
         return index
     for i, cat in enumerate(categories):
-        if _norm(cat) == wanted:
+        if class_key(cat) == wanted:
             return i
     if re.fullmatch(r"\d+", name) and 0 <= index < len(categories):
         return index  # the generator had no names: trust the index

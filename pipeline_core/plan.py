@@ -17,7 +17,8 @@ from .errors import RecipeError, did_you_mean
 ClassRef = Union[int, str]
 
 
-def _norm(name: str) -> str:
+def class_key(name: str) -> str:
+    """A class name as recipes compare it: case, spaces, '_' and '-' ignored."""
     return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
@@ -40,9 +41,9 @@ class Plan:
             if not 0 <= ref < n:
                 raise RecipeError(f"class index {ref} is out of range: {self.model_name} has classes 0..{n - 1}")
             return ref
-        wanted = _norm(ref)
+        wanted = class_key(ref)
         for i, name in enumerate(self.categories):
-            if _norm(name) == wanted:
+            if class_key(name) == wanted:
                 return i
         raise RecipeError(
             f"unknown class '{ref}' for {self.model_name}{did_you_mean(ref, self.categories)}"

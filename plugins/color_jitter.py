@@ -12,6 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from pydantic import Field
 
+from pipeline_core.device import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
@@ -45,13 +46,13 @@ class ColorJitter(Step):
         p, b = self.params, x.shape[0]
         dev = x.device
         if p.brightness:
-            x = x * self._factors(ctx, p.brightness, b).to(dev).view(-1, 1, 1, 1)
+            x = x * to_device(self._factors(ctx, p.brightness, b), dev).view(-1, 1, 1, 1)
         if p.contrast:
-            f = self._factors(ctx, p.contrast, b).to(dev).view(-1, 1, 1, 1)
+            f = to_device(self._factors(ctx, p.contrast, b), dev).view(-1, 1, 1, 1)
             mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * f + mean
         if p.saturation:
-            f = self._factors(ctx, p.saturation, b).to(dev).view(-1, 1, 1, 1)
+            f = to_device(self._factors(ctx, p.saturation, b), dev).view(-1, 1, 1, 1)
             gray = _gray(x)
             x = (x - gray) * f + gray
         if p.hue:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from pipeline_core.device import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
@@ -46,7 +47,7 @@ class Rotate(Step):
         zoom = lo + (hi - lo) * u[:, 3]
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        theta = theta.to(x.device, x.dtype)
+        theta = to_device(theta, x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode=p.mode, padding_mode=p.padding, align_corners=False)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from pipeline_core.device import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
@@ -94,7 +95,7 @@ class Jitter(Step):
         b, _, h, w = x.shape
         offsets = torch.randint(0, 2 * p.pixels + 1, (b, 2), generator=g)
         padded = _fill_pad(x, p.pixels, p.fill, p.value, g)
-        return _crop(padded, offsets.to(x.device), h, w)
+        return _crop(padded, to_device(offsets, x.device), h, w)
 
 
 class RandomScaleParams(ViewParams):
@@ -125,7 +126,7 @@ class RandomScale(Step):
         theta = torch.zeros(x.shape[0], 2, 3, dtype=torch.float64)
         theta[:, 0, 0] = 1 / zoom
         theta[:, 1, 1] = 1 / zoom
-        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        grid = F.affine_grid(to_device(theta, x.device, x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode=p.mode, padding_mode=p.fill, align_corners=False)
 
 

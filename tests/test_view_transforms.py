@@ -152,3 +152,23 @@ def test_jitter_noise_fill_is_drawn_on_the_gpu_and_seeded():
     a = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
     b = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
     assert a.device.type == "cuda" and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: host-device synchronisation only exists there")
+def test_random_transforms_never_stop_the_gpu_to_copy_their_draws():
+    """Each step's random draws travel to the GPU queued behind its work, not with a synchronisation."""
+    from pipeline_plugins.color_jitter import ColorJitter
+    from pipeline_plugins.rotate import Rotate
+
+    steps = [(Jitter, {"pixels": 8, "fill": "noise"}), (RandomScale, {}), (Rotate, {"degrees": 10}),
+             (ColorJitter, {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1})]
+    x = torch.rand(4, 3, 32, 32, device="cuda")
+    for cls, params in steps:
+        step, ctx = make(cls, batch=4, **params)  # the steps' generators live on the CPU, as in a run
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = step.apply(ctx, x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert out.shape == x.shape and out.device.type == "cuda", cls.name
