@@ -175,3 +175,20 @@ def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, monkeypatch):
     run_recipe_dict(tiny_recipe(iterations=2, output={"video": True}), tmp_path / "run")
     assert len(seen) == 1 and seen[0][-2:] == ["-threads", "1"]
     assert (tmp_path / "run" / "video.mp4").stat().st_size > 0
+
+
+def test_a_run_with_a_big_batch_makes_video_frames_within_the_budget(tmp_path):
+    import imageio_ffmpeg
+    from PIL import Image
+
+    from pipeline_core.testing import run_recipe_dict, tiny_recipe
+
+    run_recipe_dict(tiny_recipe(iterations=1, batch=2000, output={"video": True}), tmp_path / "run")
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "run" / "video.mp4"))
+    width, height = next(reader)["size"]
+    reader.close()
+    assert max(width, height) <= MAX_FRAME_SIDE
+    # without the automatic tile, 2000 images of 32 px with their panels need about 2200 px
+    assert max(compose(torch.zeros(2000, 3, 32, 32), torch.zeros(2000, 10), panels=True).shape[:2]) > MAX_FRAME_SIDE
+    with Image.open(tmp_path / "run" / "images" / "grid.png") as grid:
+        assert max(grid.size) <= 8192
