@@ -8,6 +8,7 @@ their final images must be identical.
 from __future__ import annotations
 
 import json
+import mmap
 import sys
 from pathlib import Path
 
@@ -92,8 +93,11 @@ def test_memory_watch_sees_a_peak_inside_the_block_only():
     with MemoryWatch(torch.device("cpu")) as before:
         pass
     with MemoryWatch(torch.device("cpu")) as during:
-        block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
-        del block
+        # 64 MiB of fresh pages, touched (malloc could hand back memory that is already resident)
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        block.close()
     assert during.exact and during.peak - during.before >= 60 * 2**20
     assert before.peak - before.before < 60 * 2**20
 
