@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import imageio_ffmpeg
+import numpy as np
 import torch
 
 from .errors import RecipeError
@@ -153,7 +154,7 @@ def trim_video(video: Path, frames: int, fps: int) -> int:
     Only a run killed without a chance to finish leaves frames past its checkpoint, so the
     re-encoding (slightly lossy) happens only then.
     """
-    from .video import FRAGMENTED, VideoWriter
+    from .video import H264Pipe, VideoWriter
 
     found = count_frames(video)
     if found <= frames:
@@ -162,17 +163,14 @@ def trim_video(video: Path, frames: int, fps: int) -> int:
     meta = next(reader)
     w, h = meta["size"]
     tmp = video.with_name(f".{video.name}.trim.mp4")
-    # the encoder settings of the video writer: the segments are later joined without re-encoding,
-    # which needs every part to share them
-    params = [*FRAGMENTED, "-preset", VideoWriter.preset] if getattr(VideoWriter, "preset", None) else FRAGMENTED
-    writer = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                         output_params=params, ffmpeg_log_level="error")
-    writer.send(None)
+    # the video writer's encoder and settings: the segments are later joined without
+    # re-encoding, which needs every part to share them
+    writer = H264Pipe(tmp, (w, h), fps, VideoWriter.preset)
     try:
         for i, frame in enumerate(reader):
             if i >= frames:
                 break
-            writer.send(frame)
+            writer.write(np.frombuffer(frame, dtype=np.uint8).reshape(h, w, 3))
     finally:
         writer.close()
         reader.close()

@@ -415,6 +415,9 @@ class Run:
         objectives, updates = self.by_kind[StepKind.OBJECTIVE], self.by_kind[StepKind.UPDATE]
         if self.resume is None:  # a resumed run's first frame is already in the video
             self._emit(ctx, pump, 0, None)
+            t0 = time.perf_counter()
+            pump.wait()  # the encoders start now, not on the cores the first iterations need
+            self.timings["video_start_seconds"] = round(time.perf_counter() - t0, 3)
         self.progress.start(plan.iterations, self.recipe.name, done=self.done)
         last_logits = None
         checkpoint_every = out.checkpoint_every

@@ -7,6 +7,9 @@ every frame encoded so far.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -17,6 +20,84 @@ from .frames import compose
 from .writers import FrameInfo, Writer
 
 FRAGMENTED = ["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-g", "25"]
+#: x264's constant rate factor: 10 keeps the fine, noisy detail these images are made of
+CRF = 10
+#: the pipe to ffmpeg is widened to this (Linux's default limit for a user): a frame then goes
+#: across in one or two writes instead of sixteen 64 KiB ones, each of which woke ffmpeg's
+#: reader and the writer thread again; on a CPU every such wake-up takes a core from the model
+PIPE_BYTES = 1 << 20
+
+
+class H264Pipe:
+    """ffmpeg encoding RGB frames from a pipe into a fragmented MP4 (H.264, yuv420p).
+
+    imageio-ffmpeg provides the binary; the process is started here rather than through its
+    ``write_frames`` so the pipe can be widened, ffmpeg's messages go to a file (not over the
+    progress bar) and come back in the error, and no ``fork`` of a large process is needed
+    (a new session, not ``preexec_fn``, keeps the terminal's Ctrl-C away from ffmpeg, so an
+    interrupted run can still finish its video).
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: int, preset: str = "ultrafast",
+                 threads: int | None = None):
+        w, h = size
+        self.size = size
+        self.path = Path(path)
+        self.command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
+            "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(CRF), "-preset", preset,
+            *(["-threads", str(threads)] if threads else []), *FRAGMENTED, str(path),
+        ]
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
+        _widen(self._proc.stdin, min(PIPE_BYTES, w * h * 3))
+
+    def write(self, frame: np.ndarray) -> None:
+        """One (H, W, 3) uint8 frame of the size given at the start."""
+        try:
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        except (BrokenPipeError, OSError) as exc:
+            self._proc.wait()
+            raise RuntimeError(f"the video encoder stopped writing {self.path}: {self._message() or exc}") from None
+
+    def close(self) -> None:
+        """Finish the file: ffmpeg writes what it holds and exits."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        code = self._proc.wait()
+        message = self._message()
+        self._log.close()
+        if code != 0:
+            raise RuntimeError(f"the video encoder failed writing {self.path} (ffmpeg exit code {code}): "
+                               f"{message or 'no message'}")
+
+    def kill(self) -> None:
+        """Stop at once (a second interrupt); the fragments written so far stay playable."""
+        self._proc.kill()
+        self._proc.wait()
+        self._log.close()
+
+    def _message(self) -> str:
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def _widen(pipe, size: int) -> None:
+    """Ask Linux for a pipe buffer of ``size`` bytes; elsewhere, or when refused, keep the default."""
+    if not sys.platform.startswith("linux"):
+        return
+    import fcntl
+
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    try:
+        fcntl.fcntl(pipe.fileno(), setsize, size)
+    except OSError:
+        pass
 
 
 class VideoWriter(Writer):
@@ -42,21 +123,14 @@ class VideoWriter(Writer):
         self.frame_side = info.tile  # a fixed tile: frames larger than it may be shrunk before they get here
         self.path = path or info.run_dir / "video.mp4"
         self.logits_panel = logits_panel
-        self._encoder = None
+        self._encoder: H264Pipe | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
 
     def _open(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
         self._size = (w, h)
-        self._encoder = imageio_ffmpeg.write_frames(
-            str(self.path), (w, h), fps=self.info.fps, codec="libx264", quality=8,
-            macro_block_size=1, output_params=[*FRAGMENTED, "-preset", self.preset, *self._threads()], ffmpeg_log_level="error",
-        )
-        self._encoder.send(None)  # start ffmpeg
-
-    def _threads(self) -> list[str]:
-        return ["-threads", str(self.encoder_threads)] if self.encoder_threads else []
+        self._encoder = H264Pipe(self.path, (w, h), self.info.fps, self.preset, self.encoder_threads)
 
     def frame(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None) -> None:
         # a fixed tile keeps every frame the same size even while a transform resizes the image
@@ -73,7 +147,7 @@ class VideoWriter(Writer):
             ph, pw = min(h, picture.shape[0]), min(w, picture.shape[1])
             fixed[:ph, :pw] = picture[:ph, :pw]
             picture = fixed
-        self._encoder.send(np.ascontiguousarray(picture))
+        self._encoder.write(picture)
         self.frames += 1
 
     def close(self, status: str) -> list[str]:

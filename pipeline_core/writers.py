@@ -21,6 +21,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,6 +147,15 @@ class FramePump:
             return
         self._queue.put((iteration, images, logits, None))
 
+    def wait(self) -> None:
+        """Block until every queued frame has been handed to the writers.
+
+        The engine calls this once, after the first frame and before the loop's clock starts:
+        that frame opens the encoders (ffmpeg's start costs about 0.1 s of CPU), which then
+        happens while the model is idle rather than on cores the first iterations need.
+        """
+        self._queue.join()
+
     def snapshot(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None) -> None:
         """Queue a copy of tensors the loop goes on changing, without waiting for the device.
 
@@ -179,29 +189,31 @@ class FramePump:
     niceness = 10
 
     def _work(self) -> None:
-        import time
-
         _lower_priority(self.niceness)
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            if self.error is not None:
-                continue
-            iteration, images, logits, ready = item
-            start, cpu_start = time.perf_counter(), time.thread_time()
             try:
-                if ready is not None:
-                    ready.synchronize()  # the asynchronous device-to-host copy has landed
-                images = images.to("cpu", torch.float32)
-                logits = logits.to("cpu", torch.float32) if logits is not None else None
-                for writer in self.writers:
-                    writer.frame(iteration, images, logits)
-                self.frames += 1
-            except BaseException as exc:  # noqa: BLE001 - reported by close()
-                self.error = exc
-            self.encode_seconds += time.perf_counter() - start
-            self.encode_cpu_seconds += time.thread_time() - cpu_start
+                if item is _STOP:
+                    return
+                if self.error is None:
+                    self._write(*item)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None, ready: Any) -> None:
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        try:
+            if ready is not None:
+                ready.synchronize()  # the asynchronous device-to-host copy has landed
+            images = images.to("cpu", torch.float32)
+            logits = logits.to("cpu", torch.float32) if logits is not None else None
+            for writer in self.writers:
+                writer.frame(iteration, images, logits)
+            self.frames += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by close()
+            self.error = exc
+        self.encode_seconds += time.perf_counter() - start
+        self.encode_cpu_seconds += time.thread_time() - cpu_start
 
     def close(self, status: str) -> list[str]:
         """Drain the queue, close every writer; returns the files they wrote."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,54 @@ def test_without_writers_nothing_is_copied_or_counted():
     assert pump.frames == 0
 
 
+class _Slow(_Keep):
+    def frame(self, iteration, images, logits):
+        import time
+
+        time.sleep(0.2)
+        super().frame(iteration, images, logits)
+
+
+def test_wait_returns_once_the_queued_frames_are_written():
+    writer = _Slow()
+    pump = FramePump([writer])
+    pump.snapshot(0, torch.zeros(1, 3, 4, 4), None)
+    pump.wait()
+    assert [i for i, _ in writer.frames] == [0]
+    pump.close("completed")
+
+
+def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch):
+    """ffmpeg's start-up is set-up time, like loading the model: the loop does not share its cores with it."""
+    import json
+
+    from pipeline_core import video
+    from pipeline_core.testing import run_recipe_dict, tiny_recipe
+
+    opened = []
+    real = video.H264Pipe.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        opened.append(self.command)
+
+    from pipeline_core.engine import Run
+
+    at_loop_start = []
+    real_snapshot = Run._snapshot
+
+    def snapshot(self, ctx):  # first taken just after the loop's clock starts
+        at_loop_start.append(len(opened))
+        return real_snapshot(self, ctx)
+
+    monkeypatch.setattr(video.H264Pipe, "__init__", spy)
+    monkeypatch.setattr(Run, "_snapshot", snapshot)
+    run_recipe_dict(tiny_recipe(iterations=3, output={"video": True}), tmp_path / "run")
+    timings = json.loads((tmp_path / "run" / "run.json").read_text())["timings"]
+    assert timings["video_start_seconds"] >= 0
+    assert len(opened) == 1 and at_loop_start[0] == 1
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_the_writer_thread_runs_nicer_than_the_loop():
     writer = _Keep()
@@ -160,21 +209,52 @@ def test_frames_are_shrunk_on_the_device_only_when_every_writer_accepts_it(tmp_p
 
 def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, monkeypatch):
     """On the CPU the cores belong to the model: the encoder gets one thread, not x264's ~1.5 per core."""
-    import imageio_ffmpeg
-
+    from pipeline_core import video
     from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
     seen = []
-    real = imageio_ffmpeg.write_frames
+    real = video.H264Pipe.__init__
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["output_params"])
-        return real(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append(self.command)
 
-    monkeypatch.setattr(imageio_ffmpeg, "write_frames", spy)
+    monkeypatch.setattr(video.H264Pipe, "__init__", spy)
     run_recipe_dict(tiny_recipe(iterations=2, output={"video": True}), tmp_path / "run")
-    assert len(seen) == 1 and seen[0][-2:] == ["-threads", "1"]
+    assert len(seen) == 1
+    command = seen[0]
+    assert command[command.index("-threads") + 1] == "1"
     assert (tmp_path / "run" / "video.mp4").stat().st_size > 0
+
+
+def test_the_pipe_to_the_encoder_is_widened(tmp_path):
+    """A frame crosses in one or two writes, not sixteen 64 KiB ones that each wake ffmpeg and the writer."""
+    import fcntl
+    import sys
+
+    from pipeline_core.video import PIPE_BYTES, H264Pipe
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pipe sizes are a Linux setting")
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    encoder = H264Pipe(tmp_path / "v.mp4", (640, 480), fps=10)
+    try:
+        size = fcntl.fcntl(encoder._proc.stdin.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        assert size >= min(PIPE_BYTES, limit, 640 * 480 * 3) > 65536
+        encoder.write(np.zeros((480, 640, 3), np.uint8))
+    finally:
+        encoder.close()
+    assert (tmp_path / "v.mp4").stat().st_size > 0
+
+
+def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
+    from pipeline_core.video import H264Pipe
+
+    encoder = H264Pipe(tmp_path / "missing-folder" / "v.mp4", (64, 48), fps=10)
+    with pytest.raises(RuntimeError, match="video encoder") as info:
+        encoder.write(np.zeros((48, 64, 3), np.uint8))
+        encoder.close()
+    assert "missing-folder" in str(info.value) or "No such file" in str(info.value)
 
 
 def test_a_run_with_a_big_batch_makes_video_frames_within_the_budget(tmp_path):
