@@ -58,6 +58,24 @@ def test_compose_scales_images_to_the_tile_and_keeps_the_layout():
 
 
 
+
+@pytest.mark.parametrize("tile", [None, 24, 50])
+def test_compose_puts_each_image_s_pixels_in_its_cell(tile):
+    """The grid holds exactly the pictures to_uint8 makes (resized as an RGB picture is), in batch order."""
+    from PIL import Image
+
+    images = torch.rand(3, 3, 20, 30) * 1.2 - 0.1
+    frame = compose(images, None, tile=tile, columns=2, pad=2, panels=False)
+    pics = to_uint8(images)
+    for i, pic in enumerate(pics):
+        if tile is not None:
+            w, h = tile, round(20 * tile / 30)
+            pic = np.asarray(Image.fromarray(np.ascontiguousarray(pic)).resize((w, h), Image.Resampling.BILINEAR))
+        h, w = pic.shape[:2]
+        r, c = divmod(i, 2)
+        y, x = 2 + r * (h + 2), 2 + c * (w + 2)
+        assert np.array_equal(frame[y: y + h, x: x + w], pic)
+
 @pytest.mark.parametrize("n, side, panels", [(60, 224, True), (400, 224, False), (1000, 299, True), (7, 512, True)])
 def test_auto_tile_keeps_big_batches_within_the_frame_budget(n, side, panels):
     tile = auto_tile(n, side, panels)
