@@ -111,7 +111,8 @@ def test_pipeline_bench_command_prints_the_figures_and_writes_json(cli, mobilene
                "--warmup", "0", "--rounds", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    for figure in ("image-iterations/s", "ratio engine/bare", "peak RSS", "frames:", "final images: identical"):
+    for figure in ("image-iterations/s", "ratio engine/bare", "peak RSS", "frames:", "starting the encoder",
+                   "final images: identical"):
         assert figure in proc.stdout
     data = json.loads(out.read_text())
     assert data["batch"] == 4 and data["iterations"] == 2 and data["device"] == "cpu"
