@@ -431,7 +431,7 @@ class Run:
             self._between = False  # from here until the iteration ends, the state is half-changed
             ctx.iteration = it
             param = ctx.param
-            report = self.progress.due()
+            report = self.progress.due() or it == plan.iterations - 1  # the bar ends on the last iteration's numbers
             check = on_cpu or report  # on a GPU, look for NaN only when we synchronise anyway
             active = [s for s in self.image_transforms if s.active(it)]
             if active:

@@ -196,6 +196,52 @@ def test_progress_is_due_at_a_fixed_rate_not_every_iteration(monkeypatch):
     assert sum(due) == 2  # at 0 s and 0.5 s (the interval), never per iteration
 
 
+def test_the_bar_is_redrawn_by_the_loop_not_by_a_thread():
+    """A refresh thread took the interpreter lock and a core from the loop four times a second."""
+    import io
+
+    from rich.console import Console
+
+    from pipeline_core.progress import BarProgress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    bar = BarProgress(console)
+    before = threading.active_count()
+    bar.start(10, "demo")
+    assert threading.active_count() == before
+    bar.update(7, 0.125, 0.5)
+    assert "7/10" in console.file.getvalue() and "0.125" in console.file.getvalue()  # drawn at once
+    bar.stop()
+
+
+def test_the_last_iteration_always_reports(tmp_path):
+    """The bar ends on the run's last numbers, however the 4 Hz clock fell."""
+    from pipeline_core.engine import Run
+    from pipeline_core.recipe import load_recipe
+    from pipeline_core.testing import make_registry, tiny_recipe
+
+    class Never(Progress):
+        def __init__(self):
+            super().__init__()
+            self.updates = []
+
+        def due(self):
+            return False
+
+        def update(self, done, loss, prob):
+            self.updates.append(done)
+
+    import yaml
+
+    recipe = tiny_recipe(iterations=5)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    registry = make_registry()
+    bar = Never()
+    result = Run(load_recipe(path, registry), registry, tmp_path / "run", bar, device="cpu").execute()
+    assert result.status == "completed" and bar.updates == [5]
+
+
 def test_shrink_scales_the_longer_side_without_autograd():
     from pipeline_core.writers import shrink
 
