@@ -165,14 +165,19 @@ def trim_video(video: Path, frames: int, fps: int) -> int:
     tmp = video.with_name(f".{video.name}.trim.mp4")
     # the video writer's encoder and settings: the segments are later joined without
     # re-encoding, which needs every part to share them
-    writer = H264Pipe(tmp, (w, h), fps, VideoWriter.preset)
     try:
-        for i, frame in enumerate(reader):
-            if i >= frames:
-                break
-            writer.write(np.frombuffer(frame, dtype=np.uint8).reshape(h, w, 3))
+        writer = H264Pipe(tmp, (w, h), fps, VideoWriter.preset)
+        try:
+            for i, frame in enumerate(reader):
+                if i >= frames:
+                    break
+                writer.write(np.frombuffer(frame, dtype=np.uint8).reshape(h, w, 3))
+        finally:
+            writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
-        writer.close()
         reader.close()
     tmp.replace(video)
     return found

@@ -135,8 +135,8 @@ def compose(
         r, c = divmod(i, cols)
         y = pad + r * (h + pad)
         x = pad + c * (cell_w + pad)
-        for c in range(3):  # plane by plane: copying whole pixels out of the planes costs about 4 times as much
-            canvas[y: y + h, x: x + w, c] = planes[i, c]
+        for ch in range(3):  # plane by plane: copying whole pixels out of the planes costs about 4 times as much
+            canvas[y: y + h, x: x + w, ch] = planes[i, ch]
         if side is not None:
             canvas[y: y + h, x + w + pad: x + 2 * w + pad] = side[i]
     return canvas

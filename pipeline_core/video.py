@@ -34,7 +34,7 @@ class H264Pipe:
     imageio-ffmpeg provides the binary; the process is started here rather than through its
     ``write_frames`` so the pipe can be widened, ffmpeg's messages go to a file (not over the
     progress bar) and come back in the error, and no ``fork`` of a large process is needed
-    (a new session, not ``preexec_fn``, keeps the terminal's Ctrl-C away from ffmpeg, so an
+    (its own session or process group keeps the terminal's Ctrl-C away from ffmpeg, so an
     interrupted run can still finish its video).
     """
 
@@ -50,9 +50,13 @@ class H264Pipe:
             *(["-threads", str(threads)] if threads else []), *FRAGMENTED, str(path),
         ]
         self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
-                                      start_new_session=True)
-        _widen(self._proc.stdin, min(PIPE_BYTES, w * h * 3))
+        try:
+            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=self._log, **_own_process_group())
+        except BaseException:
+            self._log.close()
+            raise
+        _widen(self._proc.stdin, min(PIPE_BYTES, max(w * h * 3, 1 << 16)))  # never below the default
 
     def write(self, frame: np.ndarray) -> None:
         """One (H, W, 3) uint8 frame of the size given at the start."""
@@ -63,7 +67,9 @@ class H264Pipe:
             raise RuntimeError(f"the video encoder stopped writing {self.path}: {self._message() or exc}") from None
 
     def close(self) -> None:
-        """Finish the file: ffmpeg writes what it holds and exits."""
+        """Finish the file: ffmpeg writes what it holds and exits. A second call does nothing."""
+        if self._log.closed:
+            return
         try:
             self._proc.stdin.close()
         except OSError:
@@ -75,16 +81,18 @@ class H264Pipe:
             raise RuntimeError(f"the video encoder failed writing {self.path} (ffmpeg exit code {code}): "
                                f"{message or 'no message'}")
 
-    def kill(self) -> None:
-        """Stop at once (a second interrupt); the fragments written so far stay playable."""
-        self._proc.kill()
-        self._proc.wait()
-        self._log.close()
-
     def _message(self) -> str:
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+
+def _own_process_group() -> dict:
+    """Popen arguments that keep the terminal's Ctrl-C away from ffmpeg, so that after an
+    interrupt the run can still hand it the last frames and let it finish the file."""
+    if sys.platform.startswith("win"):
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {"start_new_session": True}  # unlike preexec_fn, no fork of this (large) process
 
 
 def _widen(pipe, size: int) -> None:

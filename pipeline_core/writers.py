@@ -153,8 +153,13 @@ class FramePump:
         The engine calls this once, after the first frame and before the loop's clock starts:
         that frame opens the encoders (ffmpeg's start costs about 0.1 s of CPU), which then
         happens while the model is idle rather than on cores the first iterations need.
+        Returns at once if the writer thread is gone.
         """
-        self._queue.join()
+        done = threading.Event()
+        self._queue.put(done)
+        while not done.wait(0.1):
+            if not self._thread.is_alive():
+                return
 
     def snapshot(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None) -> None:
         """Queue a copy of tensors the loop goes on changing, without waiting for the device.
@@ -192,13 +197,12 @@ class FramePump:
         _lower_priority(self.niceness)
         while True:
             item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                if self.error is None:
-                    self._write(*item)
-            finally:
-                self._queue.task_done()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):  # wait(): everything queued before it is written
+                item.set()
+            elif self.error is None:
+                self._write(*item)
 
     def _write(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None, ready: Any) -> None:
         start, cpu_start = time.perf_counter(), time.thread_time()

@@ -144,6 +144,15 @@ def test_wait_returns_once_the_queued_frames_are_written():
     pump.close("completed")
 
 
+def test_wait_does_not_hang_when_the_writer_thread_is_gone():
+    pump = FramePump([_Keep()])
+    pump.close("completed")  # the thread has ended
+    finished = threading.Event()
+    waiter = threading.Thread(target=lambda: (pump.wait(), finished.set()), daemon=True)
+    waiter.start()
+    assert finished.wait(5)
+
+
 def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch):
     """ffmpeg's start-up is set-up time, like loading the model: the loop does not share its cores with it."""
     import json
@@ -196,8 +205,7 @@ def test_progress_is_due_at_a_fixed_rate_not_every_iteration(monkeypatch):
     assert sum(due) == 2  # at 0 s and 0.5 s (the interval), never per iteration
 
 
-def test_the_bar_is_redrawn_by_the_loop_not_by_a_thread():
-    """A refresh thread took the interpreter lock and a core from the loop four times a second."""
+def _counting_bar(stale_after: float):
     import io
 
     from rich.console import Console
@@ -206,12 +214,42 @@ def test_the_bar_is_redrawn_by_the_loop_not_by_a_thread():
 
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     bar = BarProgress(console)
-    before = threading.active_count()
+    bar.stale_after = stale_after
+    draws = []
+    real = bar.bar.refresh
+
+    def refresh():
+        draws.append(threading.current_thread().name)
+        real()
+
+    bar.bar.refresh = refresh
+    return bar, console, draws
+
+
+def test_the_bar_is_redrawn_by_the_loop_while_it_reports():
+    """A refresh thread took the interpreter lock and a core from the loop four times a second."""
+    import time
+
+    bar, console, draws = _counting_bar(stale_after=0.3)
     bar.start(10, "demo")
-    assert threading.active_count() == before
     bar.update(7, 0.125, 0.5)
     assert "7/10" in console.file.getvalue() and "0.125" in console.file.getvalue()  # drawn at once
+    for i in range(12):  # a loop reporting every 0.1 s for 1.2 s: the watchdog never needs to draw
+        time.sleep(0.1)
+        bar.update(i % 10, 0.1, None)
     bar.stop()
+    assert "progress-watchdog" not in draws
+
+
+def test_the_bar_keeps_moving_through_a_slow_iteration():
+    import time
+
+    bar, console, draws = _counting_bar(stale_after=0.2)
+    bar.start(10, "demo")
+    time.sleep(1.3)  # one slow iteration, no report from the loop
+    bar.stop()
+    assert draws.count("progress-watchdog") >= 2
+    assert not [t for t in threading.enumerate() if t.name == "progress-watchdog"]
 
 
 def test_the_last_iteration_always_reports(tmp_path):
@@ -293,13 +331,12 @@ def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, monkeypatch):
 
 def test_the_pipe_to_the_encoder_is_widened(tmp_path):
     """A frame crosses in one or two writes, not sixteen 64 KiB ones that each wake ffmpeg and the writer."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pipe sizes are a Linux setting")
     import fcntl
-    import sys
 
     from pipeline_core.video import PIPE_BYTES, H264Pipe
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("pipe sizes are a Linux setting")
     limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
     encoder = H264Pipe(tmp_path / "v.mp4", (640, 480), fps=10)
     try:
@@ -309,6 +346,11 @@ def test_the_pipe_to_the_encoder_is_widened(tmp_path):
     finally:
         encoder.close()
     assert (tmp_path / "v.mp4").stat().st_size > 0
+    small = H264Pipe(tmp_path / "small.mp4", (32, 24), fps=10)  # a small frame keeps the default, not less
+    try:
+        assert fcntl.fcntl(small._proc.stdin.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032)) >= 65536
+    finally:
+        small.close()
 
 
 def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
@@ -316,8 +358,10 @@ def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
 
     encoder = H264Pipe(tmp_path / "missing-folder" / "v.mp4", (64, 48), fps=10)
     with pytest.raises(RuntimeError, match="video encoder") as info:
-        encoder.write(np.zeros((48, 64, 3), np.uint8))
-        encoder.close()
+        try:
+            encoder.write(np.zeros((48, 64, 3), np.uint8))
+        finally:
+            encoder.close()
     assert "missing-folder" in str(info.value) or "No such file" in str(info.value)
 
 
