@@ -9,6 +9,7 @@ a plain line is printed every few seconds instead, so logs stay readable.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -49,9 +50,14 @@ class BarProgress(Progress):
     thread on its own clock. A redraw is about 1.5 ms of Python; from a second thread it took
     the interpreter lock from the loop between PyTorch calls and a core from PyTorch's
     threads, four times a second, which cost a CPU run about 4% (docs/performance.md). From
-    the loop it costs its 1.5 ms and nothing else. The clocks on the bar then move once per
-    iteration when an iteration takes longer than a quarter of a second.
+    the loop it costs its 1.5 ms and nothing else. So that the clocks still move through slow
+    iterations (a big batch on a CPU, a first iteration that compiles), a watchdog thread
+    redraws the bar when the loop has not for ``stale_after`` seconds; while the loop draws,
+    the watchdog only looks at the clock once a second.
     """
+
+    #: seconds without a redraw after which the watchdog redraws the bar itself
+    stale_after = 1.0
 
     interval = 0.25
 
@@ -73,19 +79,39 @@ class BarProgress(Progress):
         self.task = None
         self._t0 = time.monotonic()
         self._done0 = 0
+        self._drawn = time.monotonic()
+        self._quit = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def start(self, total: int, description: str, done: int = 0) -> None:
         self.bar.start()
         self._t0, self._done0 = time.monotonic(), done
         self.task = self.bar.add_task(description, total=total, completed=done, loss="-", prob="-", rate="")
+        self._redraw()
+        self._quit.clear()
+        self._watchdog = threading.Thread(target=self._watch, name="progress-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _redraw(self) -> None:
         self.bar.refresh()
+        self._drawn = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._quit.wait(min(self.stale_after, 1.0)):
+            if time.monotonic() - self._drawn >= self.stale_after:
+                self._redraw()
 
     def update(self, done: int, loss: float, prob: float | None) -> None:
         rate = (done - self._done0) / max(time.monotonic() - self._t0, 1e-9)
         self.bar.update(self.task, completed=done, loss=f"{loss:.4g}", prob="-" if prob is None else f"{prob:.3f}",
-                        rate=f"{rate:.2f} it/s", refresh=True)
+                        rate=f"{rate:.2f} it/s")
+        self._redraw()
 
     def stop(self) -> None:
+        self._quit.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+            self._watchdog = None
         self.bar.stop()
 
     def message(self, text: str) -> None:
