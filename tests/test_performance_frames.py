@@ -230,7 +230,7 @@ def test_the_bar_is_redrawn_by_the_loop_while_it_reports():
     """A refresh thread took the interpreter lock and a core from the loop four times a second."""
     import time
 
-    bar, console, draws = _counting_bar(stale_after=0.3)
+    bar, console, draws = _counting_bar(stale_after=2.0)  # the watchdog looks at 1 s and finds a recent draw
     bar.start(10, "demo")
     bar.update(7, 0.125, 0.5)
     assert "7/10" in console.file.getvalue() and "0.125" in console.file.getvalue()  # drawn at once
