@@ -139,8 +139,11 @@ def test_wait_returns_once_the_queued_frames_are_written():
     writer = _Slow()
     pump = FramePump([writer])
     pump.snapshot(0, torch.zeros(1, 3, 4, 4), None)
-    pump.wait()
-    assert [i for i, _ in writer.frames] == [0]
+    waiter = threading.Thread(target=pump.wait, daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert not waiter.is_alive()  # wait() returned
+    assert [i for i, _ in writer.frames] == [0]  # and only once the frame was written (the writer sleeps 0.2 s)
     pump.close("completed")
 
 
@@ -153,21 +156,30 @@ def test_wait_does_not_hang_when_the_writer_thread_is_gone():
     assert finished.wait(5)
 
 
-def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch):
-    """ffmpeg's start-up is set-up time, like loading the model: the loop does not share its cores with it."""
-    import json
-
+@pytest.fixture
+def encoders_opened(monkeypatch) -> list[list[str]]:
+    """The ffmpeg command of every video encoder started while the test runs, in order."""
     from pipeline_core import video
-    from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
-    opened = []
+    opened: list[list[str]] = []
     real = video.H264Pipe.__init__
 
     def spy(self, *args, **kwargs):
         real(self, *args, **kwargs)
         opened.append(self.command)
 
+    monkeypatch.setattr(video.H264Pipe, "__init__", spy)
+    return opened
+
+
+def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch, encoders_opened):
+    """ffmpeg's start-up is set-up time, like loading the model: the loop does not share its cores with it."""
+    import json
+
     from pipeline_core.engine import Run
+    from pipeline_core.testing import run_recipe_dict, tiny_recipe
+
+    opened = encoders_opened
 
     at_loop_start = []
     real_snapshot = Run._snapshot
@@ -176,7 +188,6 @@ def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch):
         at_loop_start.append(len(opened))
         return real_snapshot(self, ctx)
 
-    monkeypatch.setattr(video.H264Pipe, "__init__", spy)
     monkeypatch.setattr(Run, "_snapshot", snapshot)
     run_recipe_dict(tiny_recipe(iterations=3, output={"video": True}), tmp_path / "run")
     timings = json.loads((tmp_path / "run" / "run.json").read_text())["timings"]
@@ -309,19 +320,11 @@ def test_frames_are_shrunk_on_the_device_only_when_every_writer_accepts_it(tmp_p
         pump.close("completed")
 
 
-def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, monkeypatch):
+def test_a_cpu_run_encodes_with_one_x264_thread(tmp_path, encoders_opened):
     """On the CPU the cores belong to the model: the encoder gets one thread, not x264's ~1.5 per core."""
-    from pipeline_core import video
     from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
-    seen = []
-    real = video.H264Pipe.__init__
-
-    def spy(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        seen.append(self.command)
-
-    monkeypatch.setattr(video.H264Pipe, "__init__", spy)
+    seen = encoders_opened
     run_recipe_dict(tiny_recipe(iterations=2, output={"video": True}), tmp_path / "run")
     assert len(seen) == 1
     command = seen[0]
@@ -362,7 +365,7 @@ def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
             encoder.write(np.zeros((48, 64, 3), np.uint8))
         finally:
             encoder.close()
-    assert "missing-folder" in str(info.value) or "No such file" in str(info.value)
+    assert "missing-folder" in str(info.value) and "No such file" in str(info.value)  # the file, and ffmpeg's words
 
 
 def test_a_run_with_a_big_batch_makes_video_frames_within_the_budget(tmp_path):
