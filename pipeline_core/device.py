@@ -29,19 +29,3 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise RecipeError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
-
-
-def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A small host tensor (a step's random draws, an affine matrix) on ``device``, without a stall.
-
-    Steps draw their randomness on the CPU from their own seeded generator, so runs replay on
-    any device. Copying such a draw with a plain ``.to("cuda")`` from ordinary host memory makes
-    the host wait for all the work queued on the GPU: one synchronisation per step and
-    iteration. From pinned memory the copy is queued behind that work like a kernel instead
-    (PyTorch keeps the pinned block alive until the copy has run).
-    """
-    if dtype is not None:
-        t = t.to(dtype)
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)

@@ -454,7 +454,7 @@ class Run:
                         raise self._fault(ctx, f"step {s.step.index} ({s.step.name}) turned the view into NaN or Inf "
                                                f"at iteration {it}")
             self._where = "the model"
-            result = ctx.model(view)
+            result = ctx.model(view).per_image(ctx.batch)
             terms = []
             for s in objectives:
                 if s.active(it):

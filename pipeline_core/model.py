@@ -90,6 +90,26 @@ class ModelOutput:
     def head(self, name: str) -> torch.Tensor:
         return self.logits if name == "logits" else self.heads[name]
 
+    def per_image(self, batch: int) -> "ModelOutput":
+        """Each image's outputs averaged over its views.
+
+        A view step may show the model several views of every image (``K * B`` rows, view
+        ``k`` of image ``b`` at row ``k * B + b``). Objectives are written per image, so they
+        receive the mean over the views: for a logit or a channel mean that is exactly the mean
+        of the per-view objective, and every objective, a plugin's too, works unchanged.
+        """
+        rows = self.logits.shape[0]
+        if rows == batch:
+            return self
+        if rows % batch:
+            raise ValueError(f"the model saw {rows} views, not a multiple of the batch of {batch}")
+        views = rows // batch
+
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return t.view(views, batch, *t.shape[1:]).mean(0)
+
+        return ModelOutput(mean(self.logits), {k: mean(v) for k, v in self.heads.items()})
+
 
 def _submodule(module: nn.Module, dotted: str) -> nn.Module:
     try:

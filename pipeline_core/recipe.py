@@ -7,7 +7,6 @@ name, and the key, says what was expected, and suggests the closest valid name f
 from __future__ import annotations
 
 import copy
-import glob
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -450,17 +449,6 @@ def _check_kinds(source: Source, seen: dict[StepKind, int], specs: list[StepSpec
                 f"'{s.cls.name}' runs once before the loop; move it above the per-iteration steps",
                 source.where(("steps", s.index), step_index=s.index, step_name=s.cls.name),
             )
-
-
-def expand_images(patterns: Sequence[str]) -> list[Path]:
-    """Photos named by paths or globs, in a stable order."""
-    out: list[Path] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            out.extend(Path(p) for p in sorted(glob.glob(pattern)))
-        else:
-            out.append(Path(pattern))
-    return out
 
 
 def dump_json(data: Any) -> str:

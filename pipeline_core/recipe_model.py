@@ -12,7 +12,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SIDE = 4096
+from .step import MAX_SIDE
+
 MAX_BATCH = 4096
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 

@@ -37,12 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import torch
-
     from .context import RunContext
     from .model import ModelOutput
     from .parameterization import Parameterization
     from .plan import Plan
     from .schedule import Schedule
+
+#: the largest image side (and model input side) a run accepts; steps that take sizes check against it
+MAX_SIDE = 4096
 
 
 class StepKind(str, Enum):

@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from pydantic import Field
 
-from pipeline_core.device import to_device
+from pipeline_core.context import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,12 +14,22 @@ from PIL import Image
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.recipe import expand_images
 from pipeline_core.step import Step, StepKind, StepParams
 
 from .init_noise import Size, image_size
 
 MAX_PHOTOS = 4096
+
+
+def expand_images(patterns: Sequence[str]) -> list[Path]:
+    """Photos named by paths or globs, in a stable order."""
+    out: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            out.extend(Path(p) for p in sorted(glob.glob(pattern)))
+        else:
+            out.append(Path(pattern))
+    return out
 
 
 class InitImageParams(StepParams):

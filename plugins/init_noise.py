@@ -8,8 +8,7 @@ import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.recipe_model import MAX_SIDE
-from pipeline_core.step import Step, StepKind, StepParams
+from pipeline_core.step import MAX_SIDE, Step, StepKind, StepParams
 
 Size = Union[int, tuple[int, int]]
 

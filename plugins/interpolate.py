@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.recipe_model import MAX_SIDE
-from pipeline_core.step import Step, StepKind, TransformParams
+from pipeline_core.step import MAX_SIDE, Step, StepKind, TransformParams
 
 
 class InterpolateParams(TransformParams):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from pipeline_core.device import to_device
+from pipeline_core.context import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
