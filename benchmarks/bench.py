@@ -41,11 +41,12 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 import yaml
 
-from pipeline_core.bench import BenchReport, Measurement, MemoryWatch, bench, synchronize
+from pipeline_core.commands.bench import BenchReport, bench
+from pipeline_core.commands.measure import Measurement, MemoryWatch, synchronize
 from pipeline_core.context import step_seed
-from pipeline_core.device import pick_device
-from pipeline_core.frames import to_uint8
-from pipeline_core.recipe import Recipe
+from pipeline_core.run.device import pick_device
+from pipeline_core.output.frames import to_uint8
+from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
 
 HERE = Path(__file__).resolve().parent
@@ -201,7 +202,7 @@ def hand_written_loop(recipe: Recipe, registry: Registry, device: str | None = N
 
 
 def registry() -> Registry:
-    from pipeline_core.plugin_host import build_registry
+    from pipeline_core.host.manager import build_registry
 
     return build_registry()
 

@@ -1,12 +1,15 @@
 """Run image classifiers in reverse: gradient descent on the input, driven by YAML recipes.
 
-The public API for plugin authors lives in :mod:`pipeline_core.hookspecs` (the hooks),
-:mod:`pipeline_core.step` (the step contract), :mod:`pipeline_core.model` (models) and
-:mod:`pipeline_core.writers` (output writers); :mod:`pipeline_core.testing` helps test them.
+The package's face is the plugin API: the top-level modules listed in
+:data:`pipeline_core.hookspecs.PUBLIC_API` (hooks, the step contract, the run context,
+models, objectives, image parameterisations, writers, the registry, errors and the testing
+kit). The sub-packages are the host's own rooms, private to it: ``recipe`` (reading and
+validating recipes), ``run`` (the engine), ``output`` (frames and video), ``host`` (loading
+plugins) and ``commands`` (the command line).
 """
 
 __version__ = "0.1.0"
 
-from .hookspecs import API_VERSION, hookimpl  # noqa: E402
+from pipeline_core.hookspecs import API_VERSION, hookimpl  # noqa: E402
 
 __all__ = ["API_VERSION", "hookimpl", "__version__"]

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from pipeline_core.commands.cli import main
 
 sys.exit(main())

@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .model import ModelAdapter
-    from .parameterization import Parameterization
-    from .plan import Plan
-    from .step import Step
+    from pipeline_core.model import ModelAdapter
+    from pipeline_core.parameterization import Parameterization
+    from pipeline_core.recipe.plan import Plan
+    from pipeline_core.step import Step
 
+
+__all__ = [
+    "RunContext",
+    "step_seed",
+    "to_device",
+]
 
 def step_seed(seed: int, index: int) -> int:
     """A stable seed for step ``index`` (Python's ``hash`` is salted per process, so not that)."""

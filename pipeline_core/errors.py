@@ -12,6 +12,18 @@ from dataclasses import dataclass
 from typing import Iterable
 
 
+__all__ = [
+    "PipelineError",
+    "RecipeError",
+    "ModelLoadError",
+    "OutputError",
+    "RunFailed",
+    "PluginError",
+    "Location",
+    "closest",
+    "did_you_mean",
+]
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The nearest valid spelling of ``word``, for 'did you mean' hints."""
     pool = [str(c) for c in choices]

@@ -12,15 +12,22 @@ packages announce their plugin through the entry-point group :data:`ENTRY_POINT_
 The built-in steps in ``pipeline_plugins`` register through exactly these hooks. The guide
 for plugin authors, with a complete package, is ``docs/plugins.md``.
 
-Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): the API is these hooks, the
-registry's ``add_*`` methods and the public names of :mod:`pipeline_core.step`,
-:mod:`pipeline_core.model`, :mod:`pipeline_core.writers`, :mod:`pipeline_core.objectives`,
-:mod:`pipeline_core.errors` and :mod:`pipeline_core.testing`. A minor bump only adds hooks,
-optional hook arguments, registry methods or optional attributes; existing plugins keep
-working. A major bump may remove or change something and is announced in the changelog one
-minor release ahead. A plugin that needs a given API declares it with a module-level
-``PIPELINE_API = ">=1.0,<2"`` (a version specifier, checked when the plugin loads; a
-mismatch skips the plugin with a one-line report; without it the plugin always loads).
+Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): the API is these hooks and
+exactly the names listed in :data:`PUBLIC_API`, imported from the modules it names (each
+module's ``__all__`` is that list). Everything else is private: the sub-packages
+``pipeline_core.recipe``, ``.run``, ``.output``, ``.host`` and ``.commands`` are the host's
+own rooms and change without notice, and so does any name with a leading underscore. A minor
+bump only adds hooks, optional hook arguments, names, methods or optional attributes;
+existing plugins keep working. A major bump may remove or change something and is announced
+in the changelog one minor release ahead. A plugin that needs a given API declares it with a
+module-level ``PIPELINE_API = ">=1.1,<2"`` (a version specifier, checked when the plugin
+loads; a mismatch skips the plugin with a one-line report; without it the plugin always
+loads).
+
+Changes: 1.1 made public what plugins were already told to use (:mod:`pipeline_core.context`,
+:mod:`pipeline_core.parameterization`, :mod:`pipeline_core.registry`), added
+``step.MAX_SIDE``, ``context.to_device``, ``ModelOutput.per_image`` (view steps that show the
+model several views of each image) and ``testing.installed_registry``.
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -35,11 +42,34 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from pipeline_core.registry import Registry
 
 PROJECT = "pipeline_core"
 ENTRY_POINT_GROUP = "pipeline_core.plugins"
-API_VERSION = "1.0"
+API_VERSION = "1.1"
+
+#: What a plugin may import, by module: the promise above, as data (a test imports every name
+#: from its module and checks that no module offers more).
+PUBLIC_API: dict[str, tuple[str, ...]] = {
+    "pipeline_core": ("API_VERSION", "hookimpl", "__version__"),
+    "pipeline_core.hookspecs": ("PROJECT", "ENTRY_POINT_GROUP", "API_VERSION", "PUBLIC_API", "hookspec", "hookimpl",
+                                "register_steps", "register_models", "register_outputs"),
+    "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
+    "pipeline_core.context": ("RunContext", "step_seed", "to_device"),
+    "pipeline_core.model": ("HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput", "ModelAdapter"),
+    "pipeline_core.objectives": ("ClassRef", "Targets", "ClassParams", "ClassObjective", "resolve_classes",
+                                 "list_len", "l1_image"),
+    "pipeline_core.parameterization": ("Parameterization", "PixelImage", "FourierImage", "colour_mixing_matrix",
+                                       "spectrum_scale", "IMAGENET_RGB_EIGENVALUES", "IMAGENET_RGB_EIGENVECTORS"),
+    "pipeline_core.writers": ("FrameInfo", "Writer", "grid", "write_atomically"),
+    "pipeline_core.registry": ("Registry", "Entry", "PluginInfo"),
+    "pipeline_core.errors": ("PipelineError", "RecipeError", "ModelLoadError", "OutputError", "RunFailed",
+                             "PluginError", "Location", "closest", "did_you_mean"),
+    "pipeline_core.testing": ("check_step", "registered", "run_recipe_dict", "tiny_recipe", "make_registry",
+                              "plugin_manager", "installed_registry", "isolated_registry", "isolated_plugin_manager",
+                              "tiny_model_def", "TinyNet", "TINY_MODEL", "TINY_CLASSES", "TINY_SIZE"),
+}
+__all__ = list(PUBLIC_API["pipeline_core.hookspecs"])
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -17,8 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelLoadError
+from pipeline_core.errors import ModelLoadError
 
+
+__all__ = [
+    "HeadDef",
+    "ModelInfo",
+    "ModelSpec",
+    "ModelDef",
+    "ModelOutput",
+    "ModelAdapter",
+]
 
 @dataclass(frozen=True)
 class HeadDef:

@@ -13,9 +13,19 @@ from typing import Any, ClassVar, Union
 import torch
 from pydantic import Field, StrictInt
 
-from .errors import Location, RecipeError
-from .plan import Plan
-from .step import Step, StepKind, StepParams
+from pipeline_core.errors import Location, RecipeError
+from pipeline_core.recipe.plan import Plan
+from pipeline_core.step import Step, StepKind, StepParams
+
+__all__ = [
+    "ClassRef",
+    "Targets",
+    "ClassParams",
+    "ClassObjective",
+    "resolve_classes",
+    "list_len",
+    "l1_image",
+]
 
 ClassRef = Union[StrictInt, str]  # strict: 'target: true' must not mean class 1
 Targets = Union[ClassRef, list[ClassRef]]

@@ -12,6 +12,16 @@ from __future__ import annotations
 import torch
 
 
+__all__ = [
+    "Parameterization",
+    "PixelImage",
+    "FourierImage",
+    "colour_mixing_matrix",
+    "spectrum_scale",
+    "IMAGENET_RGB_EIGENVALUES",
+    "IMAGENET_RGB_EIGENVECTORS",
+]
+
 class Parameterization:
     """Base class: a differentiable map from ``parameters()`` to a [0, 1]-ish RGB batch."""
 

@@ -15,16 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from .errors import PluginError, did_you_mean
-from .step import KIND_METHOD, Step, StepKind, StepParams
+from pipeline_core.errors import PluginError, did_you_mean
+from pipeline_core.step import KIND_METHOD, Step, StepKind, StepParams
 
 if TYPE_CHECKING:
-    from .model import ModelDef
-    from .writers import Writer
+    from pipeline_core.model import ModelDef
+    from pipeline_core.writers import Writer
 
 #: the registry tables, by the word ``pipeline plugins`` uses for their entries
-TABLES = {"step": "steps", "model": "models", "writer": "writers"}
+_TABLES = {"step": "steps", "model": "models", "writer": "writers"}
 
+
+__all__ = [
+    "Registry",
+    "Entry",
+    "PluginInfo",
+]
 
 @dataclass
 class Entry:
@@ -95,7 +101,7 @@ class Registry:
         told that its plugin failed rather than that the name does not exist.
         """
         removed = []
-        for what, table_name in TABLES.items():
+        for what, table_name in _TABLES.items():
             table: dict[str, Entry] = getattr(self, table_name)
             for name in [n for n, e in table.items() if e.plugin == plugin]:
                 del table[name]
@@ -105,7 +111,7 @@ class Registry:
         return removed
 
     def _add(self, what: str, name: str, obj: Any) -> None:
-        table: dict[str, Entry] = getattr(self, TABLES[what])
+        table: dict[str, Entry] = getattr(self, _TABLES[what])
         current = self._info(self._current)
         if name in table:
             first = self._info(table[name].plugin)
@@ -148,7 +154,7 @@ class Registry:
 
     def add_model(self, model: "ModelDef") -> None:
         """Register a model by name (see :class:`pipeline_core.model.ModelDef`)."""
-        from .model import ModelDef
+        from pipeline_core.model import ModelDef
 
         if not isinstance(model, ModelDef):
             raise PluginError(f"add_model() needs a pipeline_core.model.ModelDef, got {model!r}")
@@ -160,7 +166,7 @@ class Registry:
 
     def add_output(self, writer_cls: "type[Writer]") -> None:
         """Register an output writer (see :mod:`pipeline_core.writers`)."""
-        from .writers import Writer
+        from pipeline_core.writers import Writer
 
         if not isinstance(writer_cls, type) or not issubclass(writer_cls, Writer):
             raise PluginError(f"add_output() needs a subclass of pipeline_core.writers.Writer, got {writer_cls!r}")
@@ -174,7 +180,7 @@ class Registry:
 
     # -- lookups used by the host --------------------------------------------------------
     def _lookup(self, what: str, label: str, name: str) -> Any:
-        table: dict[str, Entry] = getattr(self, TABLES[what])
+        table: dict[str, Entry] = getattr(self, _TABLES[what])
         try:
             return table[name].obj
         except KeyError:
@@ -197,6 +203,6 @@ class Registry:
 
     def provider(self, what: str, name: str) -> str | None:
         """Which plugin registered ``name`` as a step, model or writer (None if none did)."""
-        entry = getattr(self, TABLES[what]).get(name)
+        entry = getattr(self, _TABLES[what]).get(name)
         return entry.plugin if entry is not None else None
 

@@ -37,11 +37,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import torch
-    from .context import RunContext
-    from .model import ModelOutput
-    from .parameterization import Parameterization
-    from .plan import Plan
-    from .schedule import Schedule
+    from pipeline_core.context import RunContext
+    from pipeline_core.model import ModelOutput
+    from pipeline_core.parameterization import Parameterization
+    from pipeline_core.recipe.plan import Plan
+    from pipeline_core.recipe.schedule import Schedule
+
+__all__ = [
+    "MAX_SIDE",
+    "KIND_METHOD",
+    "StepKind",
+    "StepParams",
+    "TransformParams",
+    "Step",
+]
 
 #: the largest image side (and model input side) a run accepts; steps that take sizes check against it
 MAX_SIDE = 4096

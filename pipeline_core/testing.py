@@ -42,13 +42,30 @@ import pytest
 import torch
 from torch import nn
 
-from .errors import PluginError
-from .hookspecs import hookimpl
-from .model import ModelDef, ModelInfo
-from .registry import Entry, Registry
+from pipeline_core.errors import PluginError
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.model import ModelDef, ModelInfo
+from pipeline_core.registry import Registry
 
 if TYPE_CHECKING:
-    from .engine import RunResult
+    from pipeline_core.run.engine import RunResult
+
+__all__ = [
+    "check_step",
+    "registered",
+    "run_recipe_dict",
+    "tiny_recipe",
+    "make_registry",
+    "plugin_manager",
+    "installed_registry",
+    "isolated_registry",
+    "isolated_plugin_manager",
+    "tiny_model_def",
+    "TinyNet",
+    "TINY_MODEL",
+    "TINY_CLASSES",
+    "TINY_SIZE",
+]
 
 TINY_CLASSES = tuple(f"class {i}" for i in range(10))
 TINY_SIZE = 32
@@ -95,7 +112,7 @@ def plugin_manager(*plugins: Any, builtins: bool = True) -> pluggy.PluginManager
     Entry-point plugins installed in the environment are never loaded, whatever the
     environment variables say. A plugin the host would refuse raises :class:`PluginError`.
     """
-    from .plugin_host import get_plugin_manager, register_plugin
+    from pipeline_core.host.manager import get_plugin_manager, register_plugin
 
     pm = get_plugin_manager(autoload=False, builtins=builtins)
     pm.register(_TinyModelPlugin(), name="pipeline_core.testing")
@@ -110,12 +127,23 @@ def make_registry(*plugins: Any, builtins: bool = True) -> Registry:
     Unlike the host, which skips a broken plugin with a warning, this raises
     :class:`PluginError` with the host's one-line report, so a test fails where it should.
     """
-    from .plugin_host import build_registry
+    from pipeline_core.host.manager import build_registry
 
     registry = build_registry(plugin_manager(*plugins, builtins=builtins))
     if registry.problems:
         raise PluginError(registry.problems[0])
     return registry
+
+
+def installed_registry() -> Registry:
+    """The registry exactly as the ``pipeline`` command builds it: the built-ins and every
+    installed plugin, loaded through its entry point. For the one test a plugin package needs
+    that the others cannot give: that its entry point is declared and loads (look in
+    ``registry.plugins`` and ``registry.problems``). It honours the same environment
+    variables as the command (``PIPELINE_DISABLE_PLUGIN_AUTOLOAD``, ``PIPELINE_PLUGINS``)."""
+    from pipeline_core.host.manager import build_registry
+
+    return build_registry()
 
 
 @contextlib.contextmanager
@@ -127,8 +155,8 @@ def registered(plugin: Any, registry: Registry | None = None, name: str | None =
     never leaks into the next. A problem (unknown hook, API mismatch, a hook that raises, a
     name another plugin already has) raises :class:`PluginError` with the host's message.
     """
-    from . import hookspecs
-    from .plugin_host import call_register_hooks, register_plugin
+    from pipeline_core import hookspecs
+    from pipeline_core.host.manager import call_register_hooks, register_plugin
 
     registry = registry if registry is not None else make_registry()
     name = name or _plugin_name(plugin)
@@ -191,9 +219,9 @@ def run_recipe_dict(recipe: dict[str, Any], run_dir: Path | str, registry: Regis
     """
     import yaml
 
-    from .engine import Run
-    from .progress import Progress
-    from .recipe import load_recipe
+    from pipeline_core.run.engine import Run
+    from pipeline_core.run.progress import Progress
+    from pipeline_core.recipe.loader import load_recipe
 
     recipe = copy.deepcopy(recipe)
     recipe.setdefault("model", {"name": TINY_MODEL.name})
@@ -213,14 +241,6 @@ def run_recipe_dict(recipe: dict[str, Any], run_dir: Path | str, registry: Regis
 # -- check_step ---------------------------------------------------------------------------------
 
 
-def _devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _fail(step_cls: type, what: str) -> AssertionError:
-    return AssertionError(f"step '{getattr(step_cls, 'name', step_cls)}': {what}")
-
-
 def check_step(step_cls: type, params: dict[str, Any] | None = None, registry: Registry | None = None, *,
                devices: Sequence[str | torch.device] | None = None,
                dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
@@ -237,233 +257,20 @@ def check_step(step_cls: type, params: dict[str, Any] | None = None, registry: R
     - Params accept ``params``, refuse an unknown key, and per-iteration steps also accept the
       schedule keys ``from``, ``until`` and ``every``;
     - on each of ``devices`` (default: the CPU, and CUDA when there is one) and ``dtypes``:
-      transforms keep device, dtype, batch and channels (and ``on: view`` is differentiable),
-      objectives return one finite loss per image on the image's device with a finite
-      gradient, updates change the parameters in place keeping device, dtype and shape, init
-      steps return a (B or 1, 3, H, W) floating image on the run's device;
+      transforms keep device, dtype, batch and channels (``on: view`` ones may return several
+      views of each image, a multiple of the batch, and must be differentiable), objectives
+      return one finite loss per image on the image's device with a finite gradient, updates
+      change the parameters in place keeping device, dtype and shape, init steps return a
+      (B or 1, 3, H, W) floating image on the run's device;
     - with the same seed, the step gives the same result twice (draw random numbers from
       ``ctx.generator(self)``, never from the global generator);
     - with ``run``: inside a real 6-iteration run of the tiny model, a per-iteration step
       scheduled ``from: 1, until: 5, every: 2`` is called on iterations 1 and 3 only and the
       run completes (init and param steps: the run completes).
     """
-    from pydantic import ValidationError
+    from pipeline_core.host.contract import check_step_contract
 
-    from .errors import RecipeError
-    from .recipe import entry_model
-    from .schema import step_schema
-    from .step import StepKind
-
-    params = dict(params or {})
-    probe = Registry()
-    try:
-        probe._as("check_step").add_step(step_cls)
-    except PluginError as exc:
-        raise _fail(step_cls, f"would be refused by the host: {exc}") from None
-    registry = registry if registry is not None else make_registry()
-    taken = registry.steps.get(step_cls.name)
-    if taken is not None and taken.obj is not step_cls:
-        raise _fail(step_cls, f"the name is already taken by plugin '{taken.plugin}'; choose another name")
-    if not (step_cls.__doc__ or "").strip():
-        raise _fail(step_cls, "has no docstring; its first line is the help 'pipeline steps' shows")
-    for field_name, info in step_cls.Params.model_fields.items():
-        if not info.description:
-            raise _fail(step_cls, f"parameter '{info.alias or field_name}' has no description "
-                                  "(Field(..., description=...)); 'pipeline steps' shows it as help")
-    try:
-        step_schema(step_cls.name, step_cls)
-    except Exception as exc:  # noqa: BLE001 - any failure means editors get no schema
-        raise _fail(step_cls, f"its parameters have no JSON Schema ({exc}); use JSON-like types") from None
-
-    model = entry_model(step_cls)
-    try:
-        model.model_validate({**params, "no_such_key_xyz": 1})
-    except ValidationError:
-        pass
-    else:
-        raise _fail(step_cls, "Params accepted an unknown key; subclass pipeline_core.step.StepParams")
-    try:
-        entry = model.model_validate(params)
-    except ValidationError as exc:
-        raise _fail(step_cls, f"Params refused {params}: {exc.errors()[0]['msg']}") from None
-    if step_cls.kind.per_iteration:
-        try:
-            model.model_validate({**params, "from": 0.25, "until": 0.75, "every": 2})
-        except ValidationError as exc:
-            raise _fail(step_cls, f"refused the schedule keys from/until/every: {exc.errors()[0]['msg']}") from None
-
-    variants = [(entry, True)]
-    if "on" in step_cls.Params.model_fields and step_cls.kind is StepKind.TRANSFORM:
-        other = "view" if getattr(entry, "on", "image") == "image" else "image"
-        variants.append((model.model_validate({**params, "on": other}), False))
-    for variant, given in variants:
-        own = step_cls.Params.model_validate({k: getattr(variant, k) for k in step_cls.Params.model_fields})
-        try:
-            _context(step_cls, own, torch.device("cpu"))
-        except RecipeError as exc:
-            if not given:  # the step refuses the other 'on' in bind(), as it may
-                continue
-            raise _fail(step_cls, f"bind() refused {params} for a batch of 2 on the tiny model: {exc}") from None
-        for device in devices if devices is not None else _devices():
-            for dtype in dtypes:
-                first = _exercise(step_cls, own, torch.device(device), dtype)
-                again = _exercise(step_cls, own, torch.device(device), dtype)
-                if first is not None and again is not None and not torch.equal(first, again):
-                    raise _fail(step_cls, "gave different results with the same seed; draw random numbers from "
-                                          "ctx.generator(self), not from torch's global generator")
-    if run:
-        _check_in_run(step_cls, params, registry)
-
-
-def _context(step_cls: type, own: Any, device: torch.device, batch: int = 2):
-    from .context import RunContext
-    from .model import ModelAdapter
-    from .plan import Plan
-    from .schedule import Schedule
-
-    step = step_cls(own, 0, Schedule.always(4) if step_cls.kind.per_iteration else None)
-    plan = Plan(iterations=4, batch=batch, categories=list(TINY_CLASSES), model_name=TINY_MODEL.name,
-                model_size=TINY_SIZE, seed=0)
-    step.bind(plan)
-    adapter = ModelAdapter(TinyNet(), TINY_MODEL.info, device=device)
-    ctx = RunContext(plan=plan, device=device, model=adapter)
-    step.setup(ctx)
-    return step, ctx
-
-
-def _same_place(step_cls: type, what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    if got.device.type != want.device.type:
-        raise _fail(step_cls, f"{what} moved the tensor from {want.device} to {got.device}")
-    if got.dtype != want.dtype:
-        raise _fail(step_cls, f"{what} changed the dtype from {want.dtype} to {got.dtype}")
-
-
-def _exercise(step_cls: type, own: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    """Run the step's kind method once on ``device``/``dtype``; its (detached) output."""
-    from .step import StepKind
-
-    step, ctx = _context(step_cls, own, device)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=g).to(device, dtype)
-    kind = step_cls.kind
-    try:
-        if kind is StepKind.TRANSFORM:
-            out = None
-            for it in range(2):
-                ctx.iteration = it
-                y = step.apply(ctx, x)
-                if not isinstance(y, torch.Tensor):
-                    raise _fail(step_cls, f"apply() must return a tensor, got {type(y).__name__}")
-                _same_place(step_cls, "apply()", y, x)
-                if y.dim() != 4 or y.shape[:2] != x.shape[:2]:
-                    raise _fail(step_cls, f"apply() must keep (B, 3, ...), got {tuple(y.shape)} from {tuple(x.shape)}")
-                out = y
-            if getattr(own, "on", "image") == "view":
-                leaf = x.clone().requires_grad_(True)
-                step.apply(ctx, leaf).sum().backward()
-                if leaf.grad is None or not torch.isfinite(leaf.grad).all():
-                    raise _fail(step_cls, "with on: view, apply() must be differentiable (a finite gradient)")
-            return out.detach()
-        if kind is StepKind.OBJECTIVE:
-            image = x.clone().requires_grad_(True)
-            model_out = ctx.model(image.float())
-            loss = step.loss(ctx, model_out, image)
-            if not isinstance(loss, torch.Tensor) or loss.shape != (2,):
-                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                raise _fail(step_cls, f"loss() must return one value per image, shape (2,), got {shape}")
-            if loss.device.type != device.type or not loss.dtype.is_floating_point:
-                raise _fail(step_cls, f"loss() must be a floating tensor on {device}, got {loss.dtype} on {loss.device}")
-            if not torch.isfinite(loss).all():
-                raise _fail(step_cls, "loss() is not finite")
-            loss.sum().backward()
-            if image.grad is None or not torch.isfinite(image.grad).all():
-                raise _fail(step_cls, "loss() gives no finite gradient with respect to the image")
-            return loss.detach()
-        if kind is StepKind.UPDATE:
-            param = x.clone()
-            grad = torch.randn(x.shape, generator=g).to(device, dtype)
-            before = param.clone()
-            for it in range(2):
-                ctx.iteration = it
-                step.update(ctx, [param], [grad])
-            _same_place(step_cls, "update()", param, before)
-            if param.shape != before.shape or not torch.isfinite(param).all():
-                raise _fail(step_cls, "update() must keep the parameters' shape and leave them finite")
-            if torch.equal(param, before):
-                raise _fail(step_cls, "update() did not change the parameters in place (it must not return new ones)")
-            return param
-        if kind is StepKind.INIT:
-            image = step.init(ctx, None)
-            if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3 \
-                    or image.shape[0] not in (1, 2):
-                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-                raise _fail(step_cls, f"init() must return (B or 1, 3, H, W), got {shape}")
-            if image.device.type != device.type or not image.dtype.is_floating_point:
-                raise _fail(step_cls, f"init() must return a floating image on {device}, got {image.dtype} on {image.device}")
-            return image.detach().float()
-        if kind is StepKind.PARAM:
-            param = step.build(ctx, x.float())
-            image = param.image()
-            if image.shape != x.shape or image.device.type != device.type:
-                raise _fail(step_cls, f"build() must give an image of shape {tuple(x.shape)} on {device}")
-            leaves = param.parameters()
-            if not leaves or not all(t.requires_grad for t in leaves):
-                raise _fail(step_cls, "build()'s parameters() must be tensors that require grad")
-            return image.detach()
-    except AssertionError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported as a contract failure with the cause
-        raise _fail(step_cls, f"{kind.value} on {device} with {dtype} raised {type(exc).__name__}: {exc}") from exc
-    return None
-
-
-def _check_in_run(step_cls: type, params: dict[str, Any], registry: Registry) -> None:
-    """Run the step in a real tiny run, counting the iterations it is called on."""
-    import tempfile
-
-    from .step import KIND_METHOD, StepKind
-
-    calls: list[int] = []
-    method = KIND_METHOD[step_cls.kind]
-
-    def counted(self, ctx, *args):  # type: ignore[no-untyped-def]
-        if self.index == position:  # the recipe may hold other instances of the same step
-            calls.append(ctx.iteration)
-        return getattr(super(probe, self), method)(ctx, *args)
-
-    probe = type(step_cls.__name__, (step_cls,), {method: counted, "__doc__": step_cls.__doc__})
-    local = Registry()
-    for table in ("steps", "models", "writers"):
-        getattr(local, table).update(getattr(registry, table))
-    local.models.setdefault(TINY_MODEL.name, Entry(TINY_MODEL.name, TINY_MODEL, "pipeline_core.testing"))
-    local.steps[step_cls.name] = Entry(step_cls.name, probe, "check_step")
-
-    entry = {"step": step_cls.name, **params}
-    recipe = tiny_recipe(iterations=6)
-    steps = recipe["steps"]
-    kind = step_cls.kind
-    if kind is StepKind.INIT:
-        position = 0
-        steps[0] = entry
-    elif kind is StepKind.PARAM:
-        position = 1
-        steps.insert(1, entry)
-    else:
-        entry.update({"from": 1, "until": 5, "every": 2})
-        position = {StepKind.TRANSFORM: 1, StepKind.OBJECTIVE: 2, StepKind.UPDATE: 3}[kind]
-        steps.insert(position, entry)
-    with tempfile.TemporaryDirectory(prefix="check_step-") as tmp:
-        try:
-            run_recipe_dict(recipe, Path(tmp) / "run", registry=local)
-        except AssertionError as exc:
-            raise _fail(step_cls, f"a tiny run with it failed: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - e.g. a RecipeError from bind()
-            raise _fail(step_cls, f"a tiny run with it failed: {type(exc).__name__}: {exc}") from None
-    if kind.per_iteration and calls != [1, 3]:
-        raise _fail(step_cls, f"scheduled from: 1, until: 5, every: 2 in a 6-iteration run it was called on "
-                              f"iterations {calls}, expected [1, 3]")
-    if not kind.per_iteration and len(calls) != 1:
-        raise _fail(step_cls, f"a {kind.value} step must be called once per run, was called {len(calls)} times")
+    check_step_contract(step_cls, params, registry, devices=devices, dtypes=dtypes, run=run)
 
 
 # -- pytest fixtures ----------------------------------------------------------------------------

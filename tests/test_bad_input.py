@@ -1,6 +1,6 @@
 """A catalogue of bad recipes and arguments: each is exit code 2 and one line saying where.
 
-Most run in process through ``pipeline_core.cli.main`` (fast); a few go through the real
+Most run in process through ``pipeline_core.commands.cli.main`` (fast); a few go through the real
 command in a subprocess. Every entry checks the exact place the line points at (file:line,
 step index and name, key) and a word of what is wrong, so a message that loses its location
 or turns into a traceback fails here.
@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-import pipeline_core.cli as cli
+import pipeline_core.commands.cli as cli
 from pipeline_core.testing import make_registry, tiny_recipe
 
 #: A valid recipe on the tiny model; the cases below change one thing in it. Line numbers:

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from conftest import MOBILENET, ROOT
-from pipeline_core.bench import BenchReport, MemoryWatch, bench, compare_images
+from pipeline_core.commands.bench import BenchReport, bench, compare_images
+from pipeline_core.commands.measure import MemoryWatch
 from pipeline_core.testing import make_registry, tiny_recipe
 
 BENCH_RECIPE = ROOT / "benchmarks" / "mobilenet_cpu.yaml"
@@ -146,7 +147,7 @@ def test_gpu_suite_recipes_are_valid_and_fit_the_hand_written_loop(tmp_path):
         import bench as script
     finally:
         sys.path.pop(0)
-    from pipeline_core.recipe import load_recipe
+    from pipeline_core.recipe.loader import load_recipe
 
     weights = script._inception_weights(tmp_path)
     for batch, precision in ((1, "fp32"), (64, "bf16")):

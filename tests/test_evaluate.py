@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline_core.errors import RecipeError
-from pipeline_core.evaluate import (
+from pipeline_core.commands.evaluate import (
     EvalModel,
     build_adapter,
     evaluate_run,

@@ -19,14 +19,15 @@ import pytest
 import torch
 import yaml
 
-import pipeline_core.cli as cli
-import pipeline_core.record as record_module
-from pipeline_core.engine import Run, oom_advice
+import pipeline_core.commands.cli as cli
+import pipeline_core.run.record as record_module
+from pipeline_core.run.engine import Run
+from pipeline_core.run.faults import oom_advice
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import ClassObjective, ClassParams
-from pipeline_core.progress import Progress
-from pipeline_core.recipe import load_recipe
-from pipeline_core.record import atomic_write_json, prepare_run_dir
+from pipeline_core.run.progress import Progress
+from pipeline_core.recipe.loader import load_recipe
+from pipeline_core.run.record import atomic_write_json, prepare_run_dir
 from pipeline_core.step import Step, StepKind, TransformParams
 from pipeline_core.testing import make_registry, tiny_recipe
 from test_interrupt import read_frames

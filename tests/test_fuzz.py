@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline_core.errors import PipelineError
-from pipeline_core.recipe import load_recipe
+from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.testing import make_registry
-from pipeline_core.yaml_source import Override
+from pipeline_core.recipe.source import Override
 
 REGISTRY = make_registry()
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_core import progress as progress_module
-from pipeline_core.frames import MAX_FRAME_SIDE, auto_tile, compose, to_uint8
-from pipeline_core.progress import Progress
-from pipeline_core.writers import FramePump, Writer
+from pipeline_core.run import progress as progress_module
+from pipeline_core.output.frames import MAX_FRAME_SIDE, auto_tile, compose, to_uint8
+from pipeline_core.run.progress import Progress
+from pipeline_core.output.pump import FramePump
+from pipeline_core.writers import Writer
 
 
 def _reference_uint8(images: torch.Tensor) -> np.ndarray:
@@ -159,7 +160,7 @@ def test_wait_does_not_hang_when_the_writer_thread_is_gone():
 @pytest.fixture
 def encoders_opened(monkeypatch) -> list[list[str]]:
     """The ffmpeg command of every video encoder started while the test runs, in order."""
-    from pipeline_core import video
+    from pipeline_core.output import video
 
     opened: list[list[str]] = []
     real = video.H264Pipe.__init__
@@ -176,19 +177,19 @@ def test_the_encoder_starts_before_the_loop_clock(tmp_path, monkeypatch, encoder
     """ffmpeg's start-up is set-up time, like loading the model: the loop does not share its cores with it."""
     import json
 
-    from pipeline_core.engine import Run
+    from pipeline_core.run.faults import NumericGuard
     from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
     opened = encoders_opened
 
     at_loop_start = []
-    real_snapshot = Run._snapshot
+    real_keep = NumericGuard.keep
 
-    def snapshot(self, ctx):  # first taken just after the loop's clock starts
+    def keep(self, ctx):  # first taken just after the loop's clock starts
         at_loop_start.append(len(opened))
-        return real_snapshot(self, ctx)
+        return real_keep(self, ctx)
 
-    monkeypatch.setattr(Run, "_snapshot", snapshot)
+    monkeypatch.setattr(NumericGuard, "keep", keep)
     run_recipe_dict(tiny_recipe(iterations=3, output={"video": True}), tmp_path / "run")
     timings = json.loads((tmp_path / "run" / "run.json").read_text())["timings"]
     assert timings["video_start_seconds"] >= 0
@@ -221,7 +222,7 @@ def _counting_bar(stale_after: float):
 
     from rich.console import Console
 
-    from pipeline_core.progress import BarProgress
+    from pipeline_core.run.progress import BarProgress
 
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     bar = BarProgress(console)
@@ -265,8 +266,8 @@ def test_the_bar_keeps_moving_through_a_slow_iteration():
 
 def test_the_last_iteration_always_reports(tmp_path):
     """The bar ends on the run's last numbers, however the 4 Hz clock fell."""
-    from pipeline_core.engine import Run
-    from pipeline_core.recipe import load_recipe
+    from pipeline_core.run.engine import Run
+    from pipeline_core.recipe.loader import load_recipe
     from pipeline_core.testing import make_registry, tiny_recipe
 
     class Never(Progress):
@@ -292,7 +293,7 @@ def test_the_last_iteration_always_reports(tmp_path):
 
 
 def test_shrink_scales_the_longer_side_without_autograd():
-    from pipeline_core.writers import shrink
+    from pipeline_core.output.pump import shrink
 
     images = torch.rand(2, 3, 299, 200, requires_grad=True)
     small = shrink(images, 128)
@@ -303,7 +304,7 @@ def test_shrink_scales_the_longer_side_without_autograd():
 
 
 def test_frames_are_shrunk_on_the_device_only_when_every_writer_accepts_it(tmp_path):
-    from pipeline_core.video import VideoWriter
+    from pipeline_core.output.video import VideoWriter
     from pipeline_core.writers import FrameInfo
 
     def info(tile):
@@ -338,7 +339,7 @@ def test_the_pipe_to_the_encoder_is_widened(tmp_path):
         pytest.skip("pipe sizes are a Linux setting")
     import fcntl
 
-    from pipeline_core.video import PIPE_BYTES, H264Pipe
+    from pipeline_core.output.video import PIPE_BYTES, H264Pipe
 
     limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
     encoder = H264Pipe(tmp_path / "v.mp4", (640, 480), fps=10)
@@ -357,7 +358,7 @@ def test_the_pipe_to_the_encoder_is_widened(tmp_path):
 
 
 def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
-    from pipeline_core.video import H264Pipe
+    from pipeline_core.output.video import H264Pipe
 
     encoder = H264Pipe(tmp_path / "missing-folder" / "v.mp4", (64, 48), fps=10)
     with pytest.raises(RuntimeError, match="video encoder") as info:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_core.engine import _finite
+from pipeline_core.run.faults import finite as _finite
 from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
 

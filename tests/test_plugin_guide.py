@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_core.plugin_host import build_registry
+from pipeline_core.host.manager import build_registry
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 BLOCK = re.compile(r"```(?:python|ini|toml)\n# ([\w./-]+)\n(.*?)```", re.S)

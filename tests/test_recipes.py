@@ -17,11 +17,11 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline_core.cli import main as pipeline_main
-from pipeline_core.engine import Run
+from pipeline_core.commands.cli import main as pipeline_main
+from pipeline_core.run.engine import Run
 from pipeline_core.errors import RecipeError
-from pipeline_core.progress import Progress
-from pipeline_core.recipe import load_recipe
+from pipeline_core.run.progress import Progress
+from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.testing import make_registry
 
 from conftest import MOBILENET_SETS, RECIPES

@@ -11,9 +11,9 @@ import torch
 import torchvision
 import yaml
 
-from pipeline_core.engine import Run
-from pipeline_core.progress import Progress
-from pipeline_core.recipe import load_recipe
+from pipeline_core.run.engine import Run
+from pipeline_core.run.progress import Progress
+from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.testing import make_registry, tiny_recipe
 from test_interrupt import finish, plugin_env, record, reference_run, start  # noqa: F401
 from test_resume import STEP_EXAMPLES, _recipe, one_thread, pngs  # noqa: F401
@@ -124,11 +124,17 @@ def _gpu_run(registry, tmp_path, deterministic: bool) -> Run:
     return run
 
 
+def _gpu_record(run: Run) -> dict:
+    from pipeline_core.run.folder import RunFolder
+
+    return RunFolder(run.recipe, run.run_dir, run.device, run.targets).record.data
+
+
 def test_the_record_says_when_a_gpu_run_is_not_bitwise_repeatable(registry, tmp_path):
-    loose = _gpu_run(registry, tmp_path, deterministic=False)._base_record()
+    loose = _gpu_record(_gpu_run(registry, tmp_path, deterministic=False))
     assert loose["deterministic"] is False
     assert "performance.deterministic: true" in loose["determinism_note"]
-    strict = _gpu_run(registry, tmp_path, deterministic=True)._base_record()
+    strict = _gpu_record(_gpu_run(registry, tmp_path, deterministic=True))
     assert strict["deterministic"] is True and "determinism_warnings" in strict["determinism_note"]
     assert strict["recipe"]["performance"]["deterministic"] is True  # a replay asks for it again
 
@@ -139,7 +145,7 @@ def test_deterministic_mode_sets_up_pytorch_for_repeatable_gpu_kernels(registry,
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    _gpu_run(registry, tmp_path, deterministic=True)._setup_backend()
+    _gpu_run(registry, tmp_path, deterministic=True).setup_backend()
     assert calls == [((True,), {"warn_only": True})]
     assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

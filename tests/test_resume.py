@@ -19,12 +19,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from pipeline_core.engine import Run, load_resume
+from pipeline_core.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pipeline_core.run.engine import Run, load_resume
 from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.progress import Progress
-from pipeline_core.recipe import load_recipe
+from pipeline_core.run.progress import Progress
+from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.step import Step, StepKind, TransformParams
 from pipeline_core.testing import make_registry, tiny_recipe
 from test_interrupt import finish, plugin_env, read_frames, record, reference_run, sigint_run, start  # noqa: F401
@@ -246,17 +246,17 @@ def test_interrupted_before_the_first_iteration_resumes_without_a_repeated_first
 
 
 def test_checkpoints_come_at_the_recipe_interval_and_go_when_the_run_completes(registry, tmp_path, monkeypatch):
-    import pipeline_core.engine as engine
+    import pipeline_core.run.folder as folder
 
     written: list[int] = []
-    real = engine.save_checkpoint
+    real = folder.save_checkpoint
 
     def spy(run_dir, checkpoint):
         written.append(checkpoint.iteration)
         real(run_dir, checkpoint)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
 
-    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    monkeypatch.setattr(folder, "save_checkpoint", spy)
     result = run(_recipe(iterations=10, output={"video": False, "checkpoint_every": 4}), tmp_path / "run", registry)
 
     assert result.status == "completed"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import RECIPES, run_cli
-from pipeline_core.schema import recipe_schema
+from pipeline_core.recipe.schema import recipe_schema
 from pipeline_core.testing import make_registry
 
 jsonschema = pytest.importorskip("jsonschema", reason="install the test extra: pip install '.[test]'")
@@ -82,7 +82,7 @@ def test_the_cli_writes_a_schema_with_installed_plugin_steps(tmp_path):
     jsonschema.Draft202012Validator.check_schema(schema)
     steps = schema["properties"]["steps"]["items"]["properties"]["step"]["enum"]
     assert {"blur", "L1-loss", "init-noise"} <= set(steps)
-    from pipeline_core.plugin_host import build_registry
+    from pipeline_core.host.manager import build_registry
 
     installed = build_registry()  # the same environment as the subprocess
     assert set(steps) == set(installed.steps)

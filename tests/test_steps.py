@@ -6,8 +6,8 @@ import torch
 
 from pipeline_core.context import RunContext
 from pipeline_core.model import ModelAdapter, ModelOutput
-from pipeline_core.plan import Plan
-from pipeline_core.schedule import Schedule
+from pipeline_core.recipe.plan import Plan
+from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, make_registry
 
 REGISTRY = make_registry()

@@ -7,9 +7,9 @@ import torch
 
 from pipeline_core.context import RunContext
 from pipeline_core.model import ModelAdapter
-from pipeline_core.plan import Plan
-from pipeline_core.recipe import entry_model
-from pipeline_core.schedule import Schedule
+from pipeline_core.recipe.plan import Plan
+from pipeline_core.recipe.loader import entry_model
+from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, make_registry, run_recipe_dict, tiny_recipe
 from pipeline_plugins.view_transforms import Jitter, RandomScale
 

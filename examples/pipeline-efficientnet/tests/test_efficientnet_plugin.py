@@ -101,7 +101,7 @@ def test_model_metadata_needs_no_weights():
 
 def test_registering_does_not_load_the_model():
     """The host imports the plugin at every start: it must not import torch code for the model."""
-    code = ("import sys; from pipeline_core.plugin_host import build_registry; r = build_registry(); "
+    code = ("import sys; from pipeline_core.testing import installed_registry; r = installed_registry(); "
             "assert 'efficientnet-lite0' in r.models, sorted(r.plugins); "
             "print('efficientnet_lite_pytorch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -131,9 +131,9 @@ def test_the_entry_point_is_installed():
         pytest.skip("pipeline-efficientnet is not installed (pip install examples/pipeline-efficientnet)")
     assert eps[0].value == "pipeline_efficientnet.plugin"
     assert eps[0].dist.metadata["Name"] == "pipeline-efficientnet"
-    from pipeline_core.plugin_host import build_registry
+    from pipeline_core.testing import installed_registry
 
-    registry = build_registry()
+    registry = installed_registry()
     info = registry.plugins["efficientnet"]
     assert (info.package, info.problems) == ("pipeline-efficientnet", [])
     assert sorted(info.registers) == ["model efficientnet-lite0", "step total-variation", "writer gif"]

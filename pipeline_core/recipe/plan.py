@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
-from .errors import RecipeError, did_you_mean
+from pipeline_core.errors import RecipeError, did_you_mean
 
 ClassRef = Union[int, str]
 

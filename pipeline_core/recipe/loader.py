@@ -15,14 +15,15 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError, create_model
 
-from .errors import Location, ModelLoadError, RecipeError, did_you_mean
-from .model import ModelDef, ModelInfo, ModelSpec
-from .plan import Plan
-from .recipe_model import MAX_BATCH, RecipeModel
-from .registry import Registry
-from .schedule import Schedule, ScheduleFields, resolve
-from .step import Step, StepKind
-from .yaml_source import PathKey, Source, apply_override, parse, read_text
+from pipeline_core.errors import Location, ModelLoadError, RecipeError, did_you_mean
+from pipeline_core.model import ModelDef, ModelInfo, ModelSpec
+from pipeline_core.recipe.messages import describe, raise_validation
+from pipeline_core.recipe.plan import Plan
+from pipeline_core.recipe.schedule import Schedule, ScheduleFields, resolve
+from pipeline_core.recipe.sections import MAX_BATCH, RecipeModel
+from pipeline_core.recipe.source import PathKey, Source, apply_override, parse, read_text
+from pipeline_core.registry import Registry
+from pipeline_core.step import Step, StepKind
 
 
 @dataclass
@@ -66,123 +67,6 @@ class Recipe:
         if isinstance(self.model.model.categories, str) and self.model_spec.categories is not None:
             data["model"]["categories"] = list(self.model_spec.categories)
         return data
-
-
-# -- pydantic errors -> one line ----------------------------------------------------------
-
-
-def _fields_of(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _submodel(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel]:
-    current: Any = model
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not fields:
-            break
-        match = next((f for n, f in fields.items() if part in (n, f.alias)), None)
-        ann = getattr(match, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            current = ann
-        else:
-            break
-    return current
-
-
-_TYPE_WORDS = {
-    "int": "an integer", "float": "a number", "str": "a text", "bool": "true or false", "none": "null",
-    "list": "a list", "dict": "a mapping", "tuple": "a list",
-}
-
-
-def _is_tag(part: Any) -> bool:
-    """A union member's label in a pydantic error location (``int``, ``tuple[int, int]``), not a key."""
-    return isinstance(part, str) and (part in _TYPE_WORDS or "[" in part)
-
-
-def _readable(tag: str) -> str:
-    base, _, inner = tag.partition("[")
-    if base == "tuple" and inner:
-        depth, parts = 0, 1
-        for ch in inner[:-1]:
-            depth += ch == "["
-            depth -= ch == "]"
-            parts += ch == "," and depth == 0
-        return f"a list of {parts} values"
-    if base == "literal" and inner:
-        return "one of " + inner[:-1]
-    return _TYPE_WORDS.get(base, tag)
-
-
-def _clean(loc: Sequence[Any]) -> list[Any]:
-    return [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "union[")))]
-
-
-def _union_at(loc: list[Any], errors: Sequence[dict[str, Any]]) -> int | None:
-    """Where in ``loc`` a union member's label sits: a union fails once per member, so the
-    same place carries two or more different labels among the errors."""
-    for i, part in enumerate(loc):
-        if not _is_tag(part):
-            continue
-        labels = {_clean(e["loc"])[i] for e in errors
-                  if len(_clean(e["loc"])) > i and _clean(e["loc"])[:i] == loc[:i]}
-        if len(labels) > 1:
-            return i
-    return None
-
-
-def _describe(err: dict[str, Any], model: type[BaseModel],
-              errors: Sequence[dict[str, Any]] | None = None) -> tuple[str, str]:
-    """(key, message) for the first pydantic error; a union's alternatives are named together."""
-    loc = _clean(err["loc"])
-    tag_at = _union_at(loc, errors or [err])
-    if tag_at is not None:
-        prefix = loc[:tag_at]
-        members: list[str] = []
-        given: Any = err.get("input")
-        shortest = len(loc)
-        for other in errors or [err]:
-            oloc = _clean(other["loc"])
-            if oloc[:tag_at] == prefix and len(oloc) > tag_at and _is_tag(oloc[tag_at]):
-                if _readable(oloc[tag_at]) not in members:
-                    members.append(_readable(oloc[tag_at]))
-                if len(oloc) < shortest:
-                    shortest, given = len(oloc), other.get("input")
-        key = ".".join(str(p) for p in prefix)
-        choices = members[0] if len(members) == 1 else ", ".join(members[:-1]) + " or " + members[-1]
-        return key, f"expected {choices}, got {given!r}"
-    key = ".".join(str(p) for p in loc) if loc else ""
-    if err["type"] == "extra_forbidden":
-        parent = _submodel(model, loc[:-1])
-        hint = did_you_mean(str(loc[-1]), _fields_of(parent))
-        valid = ", ".join(_fields_of(parent))
-        return key, f"unknown key{hint}" + ("" if hint else f" (valid keys: {valid})")
-    if err["type"] == "missing":
-        if loc and isinstance(loc[-1], int):  # a fixed-length list one item short
-            return ".".join(str(p) for p in loc[:-1]), f"too few values (got {err.get('input')!r})"
-        return key, "this key is required"
-    if err["type"] in ("model_type", "dict_type", "model_attributes_type"):
-        return key, f"expected a mapping of keys, got {err.get('input')!r}"
-    if err["type"] == "finite_number":
-        return key, f"expected a finite number, got {err.get('input')!r}"
-    msg = err["msg"].replace("Value error, ", "")
-    given = err.get("input")
-    if not isinstance(given, (dict, list)) and given is not None and "got " not in msg and repr(given) not in msg:
-        msg += f" (got {given!r})"
-    return key, msg
-
-
-def _raise_validation(exc: ValidationError, model: type[BaseModel], source: Source, prefix: PathKey,
-                      step: tuple[int, str] | None = None) -> None:
-    errors = exc.errors()
-    err = errors[0]
-    key, msg = _describe(err, model, errors)
-    loc = _clean(err["loc"])
-    at = _union_at(loc, errors)
-    path = prefix + tuple(loc[:at] if at is not None else loc)
-    extra = {"step_index": step[0], "step_name": step[1]} if step else {}
-    raise RecipeError(msg, source.where(path, key=key or None, **extra)) from None
 
 
 # -- steps --------------------------------------------------------------------------------
@@ -242,7 +126,7 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
     try:
         params = model.model_validate(data)
     except ValidationError as exc:
-        _raise_validation(exc, model, source, path, step=(index, name))
+        raise_validation(exc, model, source, path, step=(index, name))
     return cls, data, params
 
 
@@ -334,7 +218,7 @@ def validate(source: Source, registry: Registry) -> Recipe:
     try:
         rm = RecipeModel.model_validate(data)
     except ValidationError as exc:
-        _raise_validation(exc, RecipeModel, source, ())
+        raise_validation(exc, RecipeModel, source, ())
 
     checked = [_check_step(source, registry, i, raw) for i, raw in enumerate(rm.steps)]
     spec = _model_spec(source, rm)
@@ -397,7 +281,7 @@ def _check_writers(source: Source, registry: Registry, rm: RecipeModel) -> None:
             params_model.model_validate({k: v for k, v in options.items() if k != "writer"})
         except ValidationError as exc:
             err = exc.errors()[0]
-            key, msg = _describe(err, params_model)
+            key, msg = describe(err, params_model)
             full = f"output.writers.{index}" + (f".{key}" if key else "")
             raise RecipeError(f"writer '{name}': {msg}", source.where(path + tuple(err["loc"]), key=full)) from None
 

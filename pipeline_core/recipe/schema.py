@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .recipe import entry_model
-from .recipe_model import RecipeModel
-from .registry import Registry
+from pipeline_core.recipe.loader import entry_model
+from pipeline_core.recipe.sections import RecipeModel
+from pipeline_core.registry import Registry
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -38,11 +38,11 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from .errors import ModelLoadError, PipelineError, RecipeError
-from .model import ModelAdapter, ModelSpec
-from .plan import class_key
-from .record import atomic_write_json
-from .registry import Registry
+from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError
+from pipeline_core.model import ModelAdapter, ModelSpec
+from pipeline_core.recipe.plan import class_key
+from pipeline_core.run.record import atomic_write_json
+from pipeline_core.registry import Registry
 
 FILE = "evaluation.json"
 _SPEC_KEYS = ("weights", "mean", "std", "size", "categories", "label")
@@ -300,7 +300,7 @@ def score(adapter: ModelAdapter, model: EvalModel, pictures: Sequence[torch.Tens
 def evaluate_run(run_dir: Path, models: Sequence[EvalModel], registry: Registry, device: str = "cpu",
                  batch_size: int = 16, write: bool = True) -> dict[str, Any]:
     """Score the run's final images with each model; write evaluation.json; return its contents."""
-    from .device import pick_device
+    from pipeline_core.run.device import pick_device
 
     run_dir = Path(run_dir)
     if not models:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Location, RecipeError
+from pipeline_core.errors import Location, RecipeError
 
 PathKey = tuple[Any, ...]
 

@@ -16,8 +16,8 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from .frames import compose
-from .writers import FrameInfo, Writer
+from pipeline_core.output.frames import compose
+from pipeline_core.writers import FrameInfo, Writer
 
 FRAGMENTED = ["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-g", "25"]
 #: x264's constant rate factor: 10 keeps the fine, noisy detail these images are made of

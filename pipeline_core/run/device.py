@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RecipeError
+from pipeline_core.errors import RecipeError
 
 
 def pick_device(name: str) -> torch.device:

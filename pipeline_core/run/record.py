@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import OutputError
+from pipeline_core.errors import OutputError
 
 
 def _umask() -> int:
@@ -61,7 +61,7 @@ def save_png(path: Path, array: np.ndarray) -> None:
 def versions() -> dict[str, str]:
     import torchvision
 
-    from . import __version__
+    from pipeline_core import __version__
 
     return {
         "python": platform.python_version(),

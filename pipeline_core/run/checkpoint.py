@@ -19,12 +19,12 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from .errors import RecipeError
-from .record import atomic_write_bytes
+from pipeline_core.errors import RecipeError
+from pipeline_core.run.record import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from .context import RunContext
-    from .step import Step
+    from pipeline_core.context import RunContext
+    from pipeline_core.step import Step
 
 FILE = "checkpoint.pt"
 
@@ -154,7 +154,7 @@ def trim_video(video: Path, frames: int, fps: int) -> int:
     Only a run killed without a chance to finish leaves frames past its checkpoint, so the
     re-encoding (slightly lossy) happens only then.
     """
-    from .video import H264Pipe, VideoWriter
+    from pipeline_core.output.video import H264Pipe, VideoWriter
 
     found = count_frames(video)
     if found <= frames:

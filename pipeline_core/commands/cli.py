@@ -17,14 +17,14 @@ from typing import NoReturn, Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import PipelineError, RecipeError
+from pipeline_core.errors import PipelineError, RecipeError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out_console = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def _registry(quiet: bool = False):
-    from .plugin_host import build_registry
+    from pipeline_core.host.manager import build_registry
 
     registry = build_registry()
     if not quiet:
@@ -34,7 +34,7 @@ def _registry(quiet: bool = False):
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    from .yaml_source import Override
+    from pipeline_core.recipe.source import Override
 
     sets = list(getattr(args, "set", None) or [])
     if getattr(args, "seed", None) is not None:
@@ -48,12 +48,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine import Run, load_resume
-    from .progress import make_progress
-    from .recipe import load_recipe
-    from .record import default_run_dir, prepare_run_dir
+    from pipeline_core.run.engine import Run, load_resume
+    from pipeline_core.run.progress import make_progress
+    from pipeline_core.recipe.loader import load_recipe
+    from pipeline_core.run.record import default_run_dir, prepare_run_dir
 
-    from .device import pick_device
+    from pipeline_core.run.device import pick_device
 
     registry = _registry(args.quiet)
     resume = None
@@ -104,7 +104,7 @@ def _summary(result, quiet: bool) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
+    from pipeline_core.recipe.loader import load_recipe
 
     recipe = load_recipe(args.recipe, _registry(), _overrides(args))
     out_console.print(
@@ -115,7 +115,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run, parse_model_arg, render
+    from pipeline_core.commands.evaluate import evaluate_run, parse_model_arg, render
 
     models = [parse_model_arg(text) for text in args.model]
     data = evaluate_run(Path(args.run_dir), models, _registry(), device=args.device or "cpu",
@@ -126,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
-    from .introspect import describe_steps
+    from pipeline_core.commands.listings import describe_steps
 
     out_console.print(describe_steps(_registry(), args.name))
     return 0
@@ -142,14 +142,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .introspect import describe_plugins
+    from pipeline_core.commands.listings import describe_plugins
 
     out_console.print(describe_plugins(_registry(quiet=True), as_json=args.json))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .schema import recipe_schema
+    from pipeline_core.recipe.schema import recipe_schema
 
     text = json.dumps(recipe_schema(_registry()), indent=2)
     if args.out:
@@ -161,7 +161,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    from pipeline_core.commands.bench import bench
 
     report = bench(args.recipe, _registry(), args.set, iterations=args.iterations, warmup=args.warmup,
                    rounds=args.rounds, device=args.device, echo=err_console.print)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .step import MAX_SIDE
+from pipeline_core.step import MAX_SIDE
 
 MAX_BATCH = 4096
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"

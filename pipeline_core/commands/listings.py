@@ -8,9 +8,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic_core import PydanticUndefined
 
-from .errors import RecipeError, did_you_mean
-from .recipe import entry_model
-from .registry import Registry
+from pipeline_core.errors import RecipeError, did_you_mean
+from pipeline_core.recipe.loader import entry_model
+from pipeline_core.registry import Registry
 
 
 def _default(field: Any) -> str:

@@ -22,9 +22,9 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .registry import PluginInfo, Registry
+from pipeline_core import hookspecs
+from pipeline_core.errors import PluginError
+from pipeline_core.registry import PluginInfo, Registry
 
 DISABLE_ENV = "PIPELINE_DISABLE_PLUGIN_AUTOLOAD"
 SELECT_ENV = "PIPELINE_PLUGINS"

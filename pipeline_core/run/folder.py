@@ -1,0 +1,241 @@
+"""A run folder's life: run.json from the first moment, the writers, checkpoints, and the end.
+
+The promise of a run folder is that however the run ends (completed, failed, interrupted, a
+second Ctrl-C) it holds a playable video of what happened, the images so far and a record
+that says what happened. Everything that keeps that promise is here, apart from the loop,
+so that changing how a run ends never means reading the iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline_core.context import RunContext
+from pipeline_core.output.frames import auto_tile, compose, to_uint8
+from pipeline_core.output.pump import FramePump
+from pipeline_core.output.video import VideoWriter
+from pipeline_core.recipe.loader import Recipe
+from pipeline_core.registry import Registry
+from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
+from pipeline_core.run.record import RunRecord, check_free_space, save_png, versions
+from pipeline_core.step import Step
+from pipeline_core.writers import FrameInfo, Writer
+
+#: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size)
+MAX_GRID_SIDE = 8192
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
+
+
+def determinism(device: torch.device, deterministic: bool) -> tuple[bool, str]:
+    """Whether a replay gives the same bytes, and under which conditions (for run.json)."""
+    if device.type == "cpu":
+        return True, ("bitwise repeatable on the CPU with the same PyTorch version, CPU kind and thread count "
+                      "(recipe.performance.threads holds it, so a replay uses the same)")
+    if device.type == "cuda" and deterministic:
+        return True, ("deterministic GPU kernels were asked for (cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG); "
+                      "repeatable on the same GPU model, driver and PyTorch version, except for the operations "
+                      "listed under determinism_warnings, which have no deterministic GPU kernel")
+    return False, (f"{device.type.upper()} kernels (convolution and interpolation backward, grid sampling) "
+                   "are not bitwise deterministic, so a replay differs in the last bits; set "
+                   "performance.deterministic: true for repeatable GPU runs (somewhat slower)")
+
+
+class RunFolder:
+    """The files of one run: run.json, the video (in segments across resumes), checkpoints, images."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, targets: list[list[dict[str, Any]]],
+                 resume: Checkpoint | None = None):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.device = device
+        self.targets = targets
+        self.resume = resume
+        #: which video segment this run writes: 0 is video.mp4, each resume adds one
+        self.segment = resume.segment + 1 if resume is not None else 0
+        #: what went wrong at the end without failing the run, for its message
+        self.notes: list[str] = []
+        self.record = RunRecord(run_dir, self._base_record())
+        if resume is not None:
+            self.record.started -= resume.wall_seconds
+            self._carry_over()
+
+    # -- the start -------------------------------------------------------------------------
+    def _base_record(self) -> dict[str, Any]:
+        recipe, spec, info = self.recipe, self.recipe.model_spec, self.recipe.model_info
+        deterministic, note = determinism(self.device, recipe.model.performance.deterministic)
+        resolved = recipe.resolved()
+        resolved.setdefault("performance", {})["threads"] = torch.get_num_threads()
+        source = Path(recipe.source.file)
+        return {
+            "status": "running",
+            "recipe_file": str(source.resolve()) if source.exists() else recipe.source.file,
+            "recipe": resolved,
+            "seed": recipe.plan.seed,
+            "device": str(self.device),
+            "deterministic": deterministic,
+            "determinism_note": note,
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+            "iterations": recipe.plan.iterations,
+            "iterations_done": 0,
+            "batch": recipe.plan.batch,
+            "model": {"name": spec.name,
+                      "weights": str(spec.weights) if spec.weights else "torchvision default",
+                      "mean": list(info.mean), "std": list(info.std), "size": info.size},
+        }
+
+    def _carry_over(self) -> None:
+        """A resumed run keeps its history: the original recipe file and every earlier resume."""
+        assert self.resume is not None
+        try:
+            before = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        if not isinstance(before, dict):
+            before = {}
+        data = self.record.data
+        if before.get("recipe_file"):
+            data["recipe_file"] = before["recipe_file"]
+        earlier = before.get("resumed") if isinstance(before.get("resumed"), list) else []
+        data["resumed"] = [*earlier, {"from_iteration": self.resume.iteration, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+        # the checkpoint resumed from stays until a newer one replaces it
+        data["checkpoint"] = {"file": "checkpoint.pt", "iteration": self.resume.iteration}
+
+    def check_space(self, ctx: RunContext) -> None:
+        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound)."""
+        assert ctx.param is not None
+        out, plan = self.recipe.model.output, self.recipe.plan
+        pixels = ctx.param.image().numel()
+        state = sum(v.numel() for v in ctx.param.state_dict().values())
+        checkpoint = (pixels + 3 * state) * 4 if out.checkpoint_every or plan.iterations > 1 else 0
+        frames = (1 + plan.iterations // out.frame_every) if out.video else 0
+        need = 2 * checkpoint + 2 * pixels + frames * pixels // 2 + (1 << 20)
+        check_free_space(self.run_dir, need)
+
+    def start_writers(self, ctx: RunContext, registry: Registry) -> FramePump:
+        """The video (a new segment after a resume) and the recipe's writers, behind one pump."""
+        out, plan = self.recipe.model.output, self.recipe.plan
+        if self.resume is not None and out.video:
+            self._video_to_checkpoint()
+        tile = out.tile
+        if tile is None:
+            tile = auto_tile(plan.batch, max(ctx.image.shape[-2:]), out.video and out.logits_panel, out.columns)
+        info = FrameInfo(run_dir=self.run_dir, batch=plan.batch, iterations=plan.iterations,
+                         categories=list(self.recipe.model_info.categories),
+                         targets=[[t["index"] for t in ts] for ts in self.targets], fps=out.fps,
+                         tile=tile, columns=out.columns)
+        writers: list[Writer] = []
+        if out.video:
+            name = "video.mp4" if self.segment == 0 else f".video.part{self.segment}.mp4"
+            writers.append(VideoWriter(None, info, logits_panel=out.logits_panel, path=self.run_dir / name,
+                                       encoder_threads=1 if self.device.type == "cpu" else None))
+        for options in out.writers:
+            cls = registry.writer(options["writer"])
+            params = cls.Params.model_validate({k: v for k, v in options.items() if k != "writer"})
+            writers.append(cls(params, info))
+        return FramePump(writers)
+
+    def _video_to_checkpoint(self) -> None:
+        """Make video.mp4 end at the checkpoint's frame: a run killed outright (SIGKILL, power
+        cut, a second Ctrl-C) may have encoded frames past its last checkpoint."""
+        assert self.resume is not None
+        join_segments(self.run_dir)
+        out = self.recipe.model.output
+        expected = 1 + self.resume.iteration // out.frame_every
+        found = trim_video(self.run_dir / "video.mp4", expected, out.fps)
+        if found < expected:
+            self.record.data["video_note"] = (f"{expected - found} frame(s) before iteration {self.resume.iteration} "
+                                              "were lost when the run was stopped; the video skips them")
+
+    def checkpoint(self, ctx: RunContext, steps: list[Step], done: int) -> None:
+        save_checkpoint(self.run_dir, Checkpoint.capture(ctx, steps, done, self.segment,
+                                                         time.time() - self.record.started))
+        self.record.update(iterations_done=done, checkpoint={"file": "checkpoint.pt", "iteration": done})
+
+    # -- the end ---------------------------------------------------------------------------
+    def close_writers(self, pump: FramePump | None, status: str, timings: dict[str, float]) -> tuple[list[str], str | None]:
+        """Drain and close the writers; the files they wrote, and the pump's error if any."""
+        files: list[str] = []
+        error = None
+        if pump is not None:
+            t_close = time.perf_counter()
+            files = pump.close(status)
+            timings["drain_seconds"] = round(time.perf_counter() - t_close, 3)  # frames still queued
+            error = None if pump.error is None else str(pump.error)
+            timings["encode_seconds"] = round(pump.encode_seconds, 3)
+            timings["encode_cpu_seconds"] = round(pump.encode_cpu_seconds, 3)
+            timings["frames"] = pump.frames
+        return files, error
+
+    def join_video(self, files: list[str]) -> list[str]:
+        """The segments of every resume joined into video.mp4 (the segments stay if that fails)."""
+        joined = join_segments(self.run_dir)
+        return sorted({f for f in files if not f.startswith(".video.part")} | ({"video.mp4"} if joined else set()))
+
+    def save_images(self, ctx: RunContext) -> list[dict[str, Any]]:
+        """The final PNGs and grid first, then the model's top five for each, so that a batch too
+        big to score (a run that failed for lack of memory) still leaves its images."""
+        assert ctx.param is not None
+        final = ctx.param.image().detach().float().clamp(0, 1)
+        images_dir = self.run_dir / "images"
+        pics = to_uint8(final)
+        names = []
+        for i in range(pics.shape[0]):
+            targets = self.targets[i]
+            label = targets[-1]["name"] if targets else "image"
+            names.append(f"{i:03d}_{_slug(label)}.png")
+            save_png(images_dir / names[-1], pics[i])
+        columns = self.recipe.model.output.columns
+        tile = auto_tile(final.shape[0], max(final.shape[-2:]), False, columns, budget=MAX_GRID_SIDE)
+        save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns))
+        probs = self._final_probabilities(ctx, final)
+        cats = self.recipe.model_info.categories
+        out = []
+        for i, name in enumerate(names):
+            top5 = []
+            if probs is not None:
+                p, idx = probs[i].topk(min(5, probs.shape[1]))
+                top5 = [{"index": int(k), "name": str(cats[int(k)]) if int(k) < len(cats) else str(int(k)),
+                         "probability": round(float(v), 6)} for v, k in zip(p, idx)]
+            out.append({"file": name, "targets": self.targets[i], "top5": top5})
+        return out
+
+    def _final_probabilities(self, ctx: RunContext, final: torch.Tensor) -> torch.Tensor | None:
+        """Softmax of the model on the final images, in smaller pieces if the whole batch does not
+        fit; None (and a note in the message) if the images cannot be scored at all."""
+        if not bool(torch.isfinite(final).all()):
+            return None
+        chunk = final.shape[0]
+        while True:
+            try:
+                with torch.no_grad():
+                    logits = torch.cat([ctx.model(part).logits.float() for part in final.split(chunk)])
+                return torch.softmax(logits, 1).cpu()
+            except torch.cuda.OutOfMemoryError as exc:
+                if ctx.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if chunk == 1:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    self.notes.append(f"the final images were saved but not scored: {type(exc).__name__}: {first}")
+                    return None
+                chunk = max(1, chunk // 4)
+
+    def write_record(self, status: str, message: str, done: int, images: list[dict[str, Any]],
+                     files: list[str], timings: dict[str, float]) -> str | None:
+        """The final run.json; a one-line problem if it could not be written (a full disk)."""
+        listed = set(files) | {"run.json"} | ({"images/grid.png"} if images else set()) | {f"images/{i['file']}" for i in images}
+        try:
+            self.record.update(status=status, message=message or None, iterations_done=done, images=images,
+                               files=sorted(listed), timings={**self.record.data.get("timings", {}), **timings})
+        except OSError as exc:
+            return f"run.json could not be written ({exc.strerror or exc})"
+        return None
