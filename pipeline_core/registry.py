@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from pipeline_core.errors import PluginError, did_you_mean
-from pipeline_core.step import KIND_METHOD, Step, StepKind, StepParams
+from pipeline_core.step import KIND_METHOD, Step, StepKind, StepParams, TransformParams
 
 if TYPE_CHECKING:
     from pipeline_core.model import ModelDef
@@ -142,6 +142,11 @@ class Registry:
         params = getattr(step_cls, "Params", None)
         if not (isinstance(params, type) and issubclass(params, StepParams)):
             raise PluginError(f"step '{name}': Params must subclass pipeline_core.step.StepParams")
+        if kind is StepKind.TRANSFORM and not issubclass(params, TransformParams):
+            # the loop reads params.on to place a transform; without it the step would register,
+            # list and validate, and then fail in the middle of the first iteration
+            raise PluginError(f"step '{name}' is a transform: its Params must subclass "
+                              "pipeline_core.step.TransformParams (which adds 'on: image | view')")
         if kind.per_iteration:
             clash = {"from", "from_", "until", "every"} & set(params.model_fields)
             if clash:

@@ -136,6 +136,28 @@ MISSPELT = '''
         pass
 '''
 
+PLAIN_TRANSFORM = '''
+    """A transform whose Params forgot TransformParams: refused when the plugin loads."""
+    from pipeline_core.hookspecs import hookimpl
+    from pipeline_core.step import Step, StepKind, StepParams
+
+
+    class Plain(Step):
+        """Darkens, but cannot say where it acts."""
+
+        name = "plain-transform"
+        kind = StepKind.TRANSFORM
+        Params = StepParams
+
+        def apply(self, ctx, x):
+            return x * 0.5
+
+
+    @hookimpl
+    def register_steps(registry):
+        registry.add_step(Plain)
+'''
+
 #: entry-point name -> (distribution, module name, source)
 FAKES = {
     "good": ("fake-good", "fake_good_plugin", GOOD),
@@ -144,6 +166,7 @@ FAKES = {
     "oldapi": ("fake-oldapi", "fake_oldapi_plugin", OLD_API),
     "clash": ("fake-clash", "fake_clash_plugin", CLASH),
     "misspelt": ("fake-misspelt", "fake_misspelt_plugin", MISSPELT),
+    "plain": ("fake-plain", "fake_plain_plugin", PLAIN_TRANSFORM),
 }
 
 
@@ -229,8 +252,14 @@ def test_each_broken_plugin_is_reported_in_one_line_and_the_rest_works(on_path):
     assert line.startswith("plugin 'misspelt' (fake-misspelt 1.2.3) was skipped: it implements 'register_step', "
                            "which this host does not know")
 
+    (line,) = by_plugin["plain"]
+    assert line == ("plugin 'plain' (fake-plain 1.2.3) was skipped: in register_steps: step "
+                    "'plain-transform' is a transform: its Params must subclass pipeline_core.step.TransformParams "
+                    "(which adds 'on: image | view')")
+    assert "plain-transform" not in registry.steps
+
     assert all("\n" not in p for p in registry.problems)
-    assert len(registry.problems) == 5
+    assert len(registry.problems) == 6
     # built-ins are untouched
     assert registry.provider("step", "L1-loss") == "pipeline_plugins.l1_loss"
 
@@ -321,7 +350,7 @@ def test_cli_lists_plugins_and_runs_a_recipe_beside_broken_plugins(site, tmp_pat
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "run" / "run.json").is_file()
     warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 5, run.stderr  # one line per problem, printed once
+    assert len(warnings) == 6, run.stderr  # one line per problem, printed once
     assert "Traceback" not in run.stderr and "second line" not in run.stderr
 
 
