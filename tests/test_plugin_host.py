@@ -366,4 +366,5 @@ def test_cli_validate_of_a_withdrawn_step_is_a_one_line_error(site, tmp_path):
 def test_cli_loads_only_the_selected_plugins(site):
     only = run_cli("steps", "darken-test", env=cli_env(site, PIPELINE_PLUGINS="good"))
     assert only.returncode == 0 and "darken-test  [transform]  from good" in only.stdout
+    assert "from " in only.stdout.split("darken-test  [transform]")[1]  # one step in full: schedule keys too
     assert "warning" not in only.stderr  # the broken ones were never loaded

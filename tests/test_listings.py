@@ -1,0 +1,48 @@
+"""`pipeline steps`: what a recipe's author reads to find a step and its keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from pipeline_core.commands.listings import describe_steps, type_name
+from pipeline_core.objectives import Targets
+from pipeline_core.step import StepKind
+from pipeline_core.testing import make_registry
+
+
+def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them():
+    text = describe_steps(make_registry())
+    headings = [line.split(" steps")[0] for line in text.splitlines() if line.endswith("─") and " steps " in line]
+    assert headings == [k.value for k in StepKind]  # init, param, transform, objective, update
+    # each step under its own kind's heading
+    assert text.index("init-image  [init]") < text.index("param steps") < text.index("blur  [transform]")
+    assert text.index("objective steps") < text.index("L1-loss  [objective]") < text.index("update steps")
+
+
+def test_types_read_as_words_and_nothing_overflows_the_width():
+    text = describe_steps(make_registry(), width=80)
+    for internal in ("Annotated", "strict", "NoneType", "Union", "Literal"):
+        assert internal not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "[height, width]" in text  # help text is not read as markup
+    # the schedule keys are said once at the top, not repeated for every step
+    assert text.count("Active one iteration in N") == 0 and "from, until and every" in text
+
+
+def test_one_step_in_full_shows_its_schedule_keys():
+    text = describe_steps(make_registry(), "L1-loss")
+    assert "Active one iteration in N" in text and text.startswith("L1-loss  [objective]")
+
+
+def test_type_names():
+    assert type_name(Targets) == "integer or text or list of integer or text"
+    assert type_name(int | None) == "integer (optional)"
+    assert type_name(tuple[float, float]) == "pair of number"
+
+
+def test_the_cli_prints_the_listing():
+    done = subprocess.run([sys.executable, "-m", "pipeline_core", "steps"], capture_output=True, text=True,
+                          timeout=120, env={"PIPELINE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.view_transforms" in done.stdout
