@@ -1,0 +1,58 @@
+"""keep-photo: the transfiguration penalty that keeps the starting photo."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
+from pipeline_plugins.keep_photo import KeepPhoto, KeepPhotoParams
+
+
+def _step(**params) -> KeepPhoto:
+    step = KeepPhoto(KeepPhotoParams(**params))
+    step.setup(None)
+    return step
+
+
+def test_the_penalty_is_zero_on_the_photo_and_pulls_back_toward_it():
+    step = _step(weight=10.0, sigma=0.0)
+    photo = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(step.loss(None, None, photo), torch.zeros(2))  # the first call keeps the photo
+    moved = (photo + 0.1).requires_grad_(True)
+    loss = step.loss(None, None, moved)
+    assert torch.allclose(loss, torch.full((2,), 10.0 * 0.01), atol=1e-6)
+    loss.sum().backward()
+    assert bool((moved.grad > 0).all())  # descending the gradient moves back toward the photo
+
+
+def test_blurred_comparison_lets_fine_texture_change_but_not_the_layout():
+    step = _step(weight=1.0, sigma=3.0)
+    photo = torch.full((1, 3, 64, 64), 0.5)
+    step.loss(None, None, photo)
+    texture = photo + 0.2 * torch.where(torch.arange(64) % 2 == 0, 1.0, -1.0).view(1, 1, 1, 64)  # 1-px stripes
+    layout = photo.clone()
+    layout[..., :32] += 0.2  # the left half brighter
+    assert float(step.loss(None, None, texture)) < 0.05 * float(step.loss(None, None, layout))
+
+
+def test_a_resized_image_is_compared_with_the_resized_photo():
+    step = _step(weight=1.0, sigma=0.0)
+    photo = torch.full((1, 3, 32, 32), 0.25)
+    step.loss(None, None, photo)
+    assert float(step.loss(None, None, torch.full((1, 3, 20, 20), 0.25))) < 1e-10
+
+
+def test_the_reference_survives_a_checkpoint():
+    step = _step()
+    photo = torch.rand(1, 3, 8, 8)
+    step.loss(None, None, photo)
+    again = _step()
+    again.load_state_dict(step.state_dict())
+    assert torch.equal(again.reference, photo)
+
+
+def test_contract_and_a_real_run(tmp_path):
+    check_step(KeepPhoto, {"weight": 50.0})
+    recipe = tiny_recipe(iterations=4)
+    recipe["steps"].insert(-1, {"step": "keep-photo", "weight": 50.0, "sigma": 1.0})
+    assert run_recipe_dict(recipe, tmp_path / "run").status == "completed"
