@@ -8,6 +8,7 @@ Every problem a user can fix (a recipe, an argument, a missing file) is raised a
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -23,6 +24,33 @@ __all__ = [
     "closest",
     "did_you_mean",
 ]
+
+#: characters that reorder the text a terminal shows (bidirectional overrides and isolates)
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _printable(text: object) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``, ``\\n``), never obeyed.
+
+    Recipes, file names, class lists and plugins' messages reach the terminal; an escape
+    sequence among them must not recolour, move the cursor or retitle the window, and a
+    newline must not split a one-line message.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The nearest valid spelling of ``word``, for 'did you mean' hints."""
@@ -72,8 +100,9 @@ class PipelineError(Exception):
     def __str__(self) -> str:
         where = self.location.render()
         text = f"{where}: {self.message}" if where else self.message
-        # one line whatever the user typed: a newline in a key or a --set value is shown, not obeyed
-        return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+        # one line whatever the user typed: a newline or an escape sequence in a key, a class name
+        # or a --set value is shown, not obeyed
+        return _printable(text.replace("\r\n", "\n"))
 
 
 class RecipeError(PipelineError):

@@ -1,4 +1,5 @@
-"""init-image: start from photographs (transfiguration). Grayscale and RGBA photos become RGB."""
+"""init-image: start from photographs (transfiguration). Grayscale and RGBA photos become RGB, and a
+photo's EXIF orientation is applied, so a phone's portrait shot starts upright, as viewers show it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from pydantic import Field
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
@@ -41,7 +42,8 @@ class InitImageParams(StepParams):
 
 
 def load_photo(path: Path) -> torch.Tensor:
-    """A photo as (3, H, W) float in [0, 1]; grayscale, palette and RGBA photos become RGB.
+    """A photo as (3, H, W) float in [0, 1], upright by its EXIF orientation; grayscale, palette
+    and RGBA photos become RGB.
 
     RecipeError if it is missing or not an image.
     """
@@ -53,6 +55,7 @@ def load_photo(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
+            im = _upright(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 flat = Image.new("RGB", im.size, (255, 255, 255))  # transparency over white
@@ -61,9 +64,18 @@ def load_photo(path: Path) -> torch.Tensor:
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 return _deep_gray(im)
             pixels = TF.pil_to_tensor(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RecipeError(f"{path} is not a readable image ({type(exc).__name__})", Location(key="images")) from None
     return pixels.float() / 255.0
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The photo rotated or mirrored as its EXIF orientation says the camera held it; a photo
+    whose EXIF block cannot be read is taken as it is stored."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - malformed EXIF data: the pixels are still good
+        return im
 
 
 def _deep_gray(im: Image.Image) -> torch.Tensor:

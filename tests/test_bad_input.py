@@ -1,6 +1,9 @@
-"""A catalogue of bad recipes and arguments: each is exit code 2 and one line saying where.
+"""A catalogue of bad input: each is exit code 2 and one line saying where and how to fix it.
 
-Most run in process through ``pipeline_core.commands.cli.main`` (fast); a few go through the real
+Every command and every file the tool reads has its entries: recipes (the YAML, every
+section, steps, photos, weights, class lists), ``--set`` and the other options of every
+command, run folders given to ``--resume`` and ``evaluate`` (run.json and checkpoint.pt
+foreign, truncated or tampered with) and output files. Most run in process through ``pipeline_core.commands.cli.main`` (fast); a few go through the real
 command in a subprocess. Every entry checks the exact place the line points at (file:line,
 step index and name, key) and a word of what is wrong, so a message that loses its location
 or turns into a traceback fails here.
@@ -8,8 +11,13 @@ or turns into a traceback fails here.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
+import signal
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -18,7 +26,9 @@ import yaml
 from PIL import Image
 
 import pipeline_core.commands.cli as cli
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.step import Step, StepKind, TransformParams
+from pipeline_core.testing import make_registry, run_recipe_dict, tiny_recipe
 
 #: A valid recipe on the tiny model; the cases below change one thing in it. Line numbers:
 BASE = """\
@@ -215,7 +225,8 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("device not here", BASE, ["run", "--device", "cuda:7", "--out", "{tmp}/run"],
      ["device 'cuda:7'"]),
     # -- arguments
-    ("bad --device", BASE, ["run", "--device", "gpu", "--out", "{tmp}/run"], ["--device gpu:", "unknown device 'gpu'"]),
+    ("bad --device", BASE, ["run", "--device", "gpu", "--out", "{tmp}/run"],
+     ["argument --device", "unknown device 'gpu'"]),
     ("bad --seed value", BASE, ["run", "--seed", "-1", "--out", "{tmp}/run"], ["--seed -1:", "key 'seed'"]),
     ("--seed not a number", BASE, ["run", "--seed", "abc"], ["pipeline run: argument --seed", "'abc'", "--help"]),
     ("--set without =", BASE, ["validate", "--set", "iterations"], ["--set iterations: expected KEY=VALUE"]),
@@ -243,18 +254,260 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("--out not empty", BASE, ["run", "--out", "{tmp}/photos"], ["is not empty", "--force"]),
     ("resume nothing", None, ["run", "--resume", "{tmp}/no-run"], ["--resume", "no such run folder"]),
     ("resume not a run", None, ["run", "--resume", "{tmp}/photos"], ["the folder has no run.json"]),
-    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --seed"]),
+    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --model, --seed"]),
     ("resume a finished run", None, ["run", "--resume", "{tmp}/done"], ["has no checkpoint.pt", "already complete"]),
-    ("resume a broken checkpoint", None, ["run", "--resume", "{tmp}/broken"],
+    ("resume a broken checkpoint", None, ["run", "--resume", "{tmp}/broken-checkpoint"],
      ["checkpoint", "cannot be read", "start the run again"]),
     ("replay a broken run.json", None, ["run", "{tmp}/broken/run.json", "--out", "{tmp}/replay"],
      ["run.json", "YAML syntax error"]),
+    # -- recipes that used to pass validation and fail in the run, or get wrong advice
+    ("objective window leaves iterations uncovered", sub("target: 3", "target: 3\n    until: 2"), ["validate"],
+     [f"{R}:11:", "step 2 (L1-loss)", "no objective is active at iteration 2", "widen a window"]),
+    ("objectives together leave a gap", sub(L1, L1 + "    until: 1\n  - step: cross-entropy\n    target: 3\n"
+                                                "    from: 2\n"), ["validate"],
+     [f"{R}:6:", "no objective is active at iteration 1", "all the objectives together"]),
+    ("objective every leaves gaps", sub("target: 3", "target: 3\n    every: 2"), ["validate"],
+     ["no objective is active at iteration 1"]),
+    ("learning rate beyond float32", sub("lr: 0.01", "lr: 1.0e+39"), ["validate"],
+     [f"{R}:14:", "step 3 (gradient-step)", "key 'lr'", "32-bit floats"]),
+    ("integer beyond 64 bits", sub("kernel: 3", "kernel: 3\n    every: 100000000000000000000000"), ["validate"],
+     [f"{R}:11:", "key 'every'", "64-bit integer"]),
+    ("octave split overflows", sub(BLUR, "  - step: octave\n    scales: [0.5, 1]\n    split: [1.0e+308, 1.0e+308]\n"),
+     ["validate"], [f"{R}:11:", "step 1 (octave)", "split.0", "32-bit floats"]),
+    ("std too small", sub("name: tiny-test-model", "name: tiny-test-model\n  std: [1.0e-30, 1, 1]"), ["validate"],
+     [f"{R}:6:", "key 'model.std'", "1e-06..10000"]),
+    ("mean too large", sub("name: tiny-test-model", "name: tiny-test-model\n  mean: [1.0e+300, 0, 0]"), ["validate"],
+     [f"{R}:6:", "key 'model.mean'", "-10000..10000"]),
+    ("columns too many", sub("  video: false", "  columns: 34000"), ["validate"],
+     [f"{R}:16:", "key 'output.columns'", "each video frame would be 1224002x20 px", "fewer output.columns"]),
+    ("video frame too wide", sub("seed: 0", "batch: 8").replace("  video: false", "  tile: 4096"),
+     ["validate"], [f"{R}:16:", "key 'output.tile'", "each video frame", "16394x", "smaller output.tile"]),
+    ("layer head on a class objective", sub("target: 3", "target: 3\n    head: layer:features"), ["validate"],
+     [f"{R}:13:", "step 2 (L1-loss)", "key 'head'", "a layer's activations", "head: logits"]),
+    ("photo of an unknown user", sub(INIT_NOISE, "  - step: init-image\n    images: ~nosuchuser9/a.png\n"), ["validate"],
+     [f"{R}:8:", "step 0 (init-image)", "'~nosuchuser9' names no user's home folder"]),
+    ("weights of an unknown user", sub("name: tiny-test-model", "name: mobilenet_v2\n  weights: ~nosuchuser9/m.pth"),
+     ["validate"], [f"{R}:6:", "key 'model.weights'", "no user's home folder"]),
+    ("class names of an unknown user", sub("name: tiny-test-model", "name: tiny-test-model\n  categories: ~nosuchuser9/c"),
+     ["validate"], [f"{R}:6:", "key 'model.categories'", "no user's home folder"]),
+    # -- a problem made by an option names the option
+    ("--set makes a window uncovered", BASE, ["validate", "--set", "steps.2.until=1"],
+     ["--set steps.2.until=1:", "step 2 (L1-loss)", "no objective is active at iteration 1"]),
+    ("--set makes a step never run", BASE, ["validate", "--set", "steps.1.from=9"],
+     ["--set steps.1.from=9:", "step 1 (blur)", "would never run"]),
+    ("--set iterations makes a step never run", sub("kernel: 3", "kernel: 3\n    from: 3"),
+     ["validate", "--set", "iterations=2"], [f"{R}:9:", "would never run", "(with --set iterations=2)"]),
+    ("--set weights of an unknown user", BASE, ["validate", "--set", "model.weights=~nosuchuser9/m.pth"],
+     ["--set model.weights=~nosuchuser9/m.pth:", "no user's home folder"]),
+    ("--set index not ASCII", BASE, ["validate", "--set", "steps.\u00b2.kernel=3"],
+     ["'steps.\u00b2' does not exist", "give a position 0..3"]),
+    ("--set index not a number on a list", BASE, ["validate", "--set", "steps.first.kernel=3"],
+     ["'steps.first' does not exist", "'steps' is a list", "0..3"]),
+    ("--set index out of range", BASE, ["validate", "--set", "steps.12=3"],
+     ["'steps.12' does not exist", "'steps' has positions 0..3"]),
+    ("--set index into a list value", BASE, ["validate", "--set", "steps.1.kernel.0=3"],
+     ["cannot set '0'", "'steps.1.kernel' is a number"]),
+    ("--set empty part", BASE, ["validate", "--set", "steps..kernel=3"], ["has an empty part"]),
+    ("--set huge integer", BASE, ["validate", "--set", "seed=" + "9" * 5000], ["--set seed=", "cannot be read"]),
+    ("--set huge float", BASE, ["validate", "--set", "steps.3.lr=" + "9" * 400], ["key 'lr'", "valid number"]),
+    # -- options of every command
+    ("--out empty", BASE, ["run", "--out", ""], ["argument --out", "the path is empty"]),
+    ("--out blank", BASE, ["run", "--out", "  "], ["argument --out", "the path is empty"]),
+    ("--resume empty", None, ["run", "--resume", ""], ["argument --resume", "the path is empty"]),
+    ("--seed not ASCII", BASE, ["run", "--seed", "\u0663"], ["argument --seed", "expected a whole number"]),
+    ("--seed huge", BASE, ["run", "--seed", "9" * 40, "--out", "{tmp}/run"], ["argument --seed", "whole number"]),
+    ("--device malformed", BASE, ["run", "--device", "cuda:x"], ["argument --device", "unknown device 'cuda:x'"]),
+    ("--model with a std of 0", BASE, ["run", "--model", "tiny-test-model,std=0", "--out", "{tmp}/run"],
+     ["--model tiny-test-model,std=0:", "std", "positive"]),
+    ("--model with label for a run", BASE, ["validate", "--model", "tiny-test-model,label=x"],
+     ["'label=x' is not KEY=VALUE", "weights, mean, std, size, categories"]),
+    ("--model unknown", BASE, ["validate", "--model", "resnet9000"], ["--model resnet9000:", "unknown model"]),
+    ("--model a key twice", BASE, ["validate", "--model", "tiny-test-model,size=32,size=64"], ["size is given twice"]),
+    ("validate without a file", None, ["validate"], ["the following arguments are required: recipe"]),
+    ("recipe path with NUL", None, ["validate", "a\x00b.yaml"], ["NUL character"]),
+    ("bench --json in a missing folder", BASE, ["bench", "--json", "{tmp}/no-such-folder/bench.json"],
+     ["--json", "the folder", "no-such-folder does not exist"]),
+    ("bench --json is a folder", BASE, ["bench", "--json", "{tmp}/photos"], ["--json", "is a folder"]),
+    ("bench --json empty", BASE, ["bench", "--json", ""], ["argument --json", "the path is empty"]),
+    ("bench --iterations zero", BASE, ["bench", "--iterations", "0"], ["argument --iterations", "at least 1"]),
+    ("bench --rounds text", BASE, ["bench", "--rounds", "many"], ["argument --rounds", "whole number"]),
+    ("bench --model bad", BASE, ["bench", "--model", "tiny-test-model,mean=.nan"], ["--model", "finite number"]),
+    ("schema --out in a missing folder", None, ["schema", "--out", "{tmp}/no-such-folder/s.json"],
+     ["--out", "does not exist"]),
+    ("steps unknown", None, ["steps", "blurr"], ["unknown step 'blurr'", "did you mean 'blur'"]),
+    ("evaluate --batch-size -1", None, ["evaluate", "{tmp}/done", "--model", "tiny-test-model", "--batch-size", "-1"],
+     ["argument --batch-size", "at least 1"]),
+    ("evaluate --model std 0", None, ["evaluate", "{tmp}/done", "--model", "tiny-test-model,std=0"],
+     ["--model tiny-test-model,std=0:", "positive"]),
+    ("evaluate --model mean NaN", None, ["evaluate", "{tmp}/done", "--model", "tiny-test-model,mean=nan"],
+     ["finite number"]),
+    ("evaluate --model weights of an unknown user", None,
+     ["evaluate", "{tmp}/done", "--model", "mobilenet_v2,weights=~nosuchuser9/m.pth"], ["no user's home folder"]),
+    ("evaluate --device malformed", None, ["evaluate", "{tmp}/done", "--model", "tiny-test-model", "--device", "cuda:x"],
+     ["argument --device", "unknown device"]),
+    # -- run folders given to evaluate: run.json foreign or tampered with
+    ("evaluate a folder without a run", None, ["evaluate", "{tmp}/photos", "--model", "tiny-test-model"],
+     ["no run.json"]),
+    ("evaluate run.json not JSON", None, ["evaluate", "{tmp}/ev-not-json", "--model", "tiny-test-model"],
+     ["run.json is not a run record (not JSON"]),
+    ("evaluate run.json a list", None, ["evaluate", "{tmp}/ev-a-list", "--model", "tiny-test-model"],
+     ["not a run record (it holds a list"]),
+    ("evaluate images not a list", None, ["evaluate", "{tmp}/ev-images-number", "--model", "tiny-test-model"],
+     ["its 'images' is not a list"]),
+    ("evaluate image without a file", None, ["evaluate", "{tmp}/ev-no-file", "--model", "tiny-test-model"],
+     ["not a run record this tool wrote", "the file None"]),
+    ("evaluate image outside the folder", None, ["evaluate", "{tmp}/ev-escape", "--model", "tiny-test-model"],
+     ["the file '../../run.json' is not an image name"]),
+    ("evaluate target index text", None, ["evaluate", "{tmp}/ev-index-text", "--model", "tiny-test-model"],
+     ["has no class index"]),
+    ("evaluate target weight text", None, ["evaluate", "{tmp}/ev-weight-text", "--model", "tiny-test-model"],
+     ["target weight", "not a number"]),
+    ("evaluate image not a PNG", None, ["evaluate", "{tmp}/ev-not-png", "--model", "tiny-test-model"],
+     ["is listed in run.json but is not a readable image"]),
+    ("evaluate image missing", None, ["evaluate", "{tmp}/ev-png-gone", "--model", "tiny-test-model"],
+     ["is listed in run.json but missing"]),
+    # -- run folders given to --resume: run.json and checkpoint.pt foreign or tampered with
+    ("resume run.json not JSON", None, ["run", "--resume", "{tmp}/rs-record-not-json"],
+     ["run.json is not a run record (not JSON"]),
+    ("resume run.json a list", None, ["run", "--resume", "{tmp}/rs-record-list"], ["it holds a list"]),
+    ("resume run.json without a recipe", None, ["run", "--resume", "{tmp}/rs-record-no-recipe"],
+     ["holds no 'recipe' mapping"]),
+    ("resume run.json recipe of wrong types", None, ["run", "--resume", "{tmp}/rs-record-bad-recipe"],
+     ["run.json:", "key 'iterations'", "'many'"]),
+    ("resume run.json without a run id", None, ["run", "--resume", "{tmp}/rs-record-no-id"],
+     ["cannot be matched to", "the record carries no run id"]),
+    ("resume a checkpoint of another run", None, ["run", "--resume", "{tmp}/rs-other-run"],
+     ["checkpoint.pt belongs to another run", "start the run again"]),
+    ("resume a checkpoint without a run id", None, ["run", "--resume", "{tmp}/rs-ckpt-no-id"],
+     ["the checkpoint carries no run id"]),
+    ("resume a record with fewer iterations than the checkpoint", None, ["run", "--resume", "{tmp}/rs-fewer"],
+     ["is at iteration 2 but the run's record has only 1 iterations"]),
+    ("resume a checkpoint of another batch", None, ["run", "--resume", "{tmp}/rs-batch"],
+     ["holds 3 images but the run's record has a batch of 1"]),
+    ("resume a checkpoint that is a pickle", None, ["run", "--resume", "{tmp}/rs-pickle"],
+     ["checkpoint", "cannot be read"]),
+    ("resume a checkpoint that is JSON", None, ["run", "--resume", "{tmp}/rs-json"], ["cannot be read"]),
+    ("resume a checkpoint that is a list", None, ["run", "--resume", "{tmp}/rs-list"],
+     ["not a checkpoint of this tool (it holds a list"]),
+    ("resume a checkpoint without its image", None, ["run", "--resume", "{tmp}/rs-no-image"], ["(no image)"]),
+    ("resume a checkpoint with a text iteration", None, ["run", "--resume", "{tmp}/rs-text-iteration"],
+     ["'iteration' is not a whole number"]),
+    ("resume a checkpoint with a NaN image", None, ["run", "--resume", "{tmp}/rs-nan"], ["NaN or Inf"]),
+    ("resume a checkpoint with unknown fields", None, ["run", "--resume", "{tmp}/rs-extra"], ["unknown field 'os'"]),
+    ("resume a checkpoint of a step the recipe lacks", None, ["run", "--resume", "{tmp}/rs-stray-step"],
+     ["the state of step 7"]),
+    ("resume a checkpoint whose image state does not fit", None, ["run", "--resume", "{tmp}/rs-param"],
+     ["does not fit this run", "start the run again"]),
+    ("resume with --model", None, ["run", "--resume", "{tmp}/rs-other-run", "--model", "tiny-test-model"],
+     ["give no recipe, --set, --model"]),
 ]
+
+
+class StopAtParams(TransformParams):
+    at: int = 1
+
+
+class StopAt(Step):
+    """Sends its own process a SIGINT at iteration ``at``: a run stopped there, with a checkpoint."""
+
+    name = "test-stop-at"
+    kind = StepKind.TRANSFORM
+    Params = StopAtParams
+
+    def apply(self, ctx, x):
+        if ctx.iteration == self.params.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+class StopAtPlugin:
+    @hookimpl
+    def register_steps(self, registry):
+        registry.add_step(StopAt)
+
+
+def paused_run(run_dir: Path, registry, at: int = 1, **changes: Any) -> Path:
+    """A tiny run interrupted after iteration ``at`` (of 4): run.json and checkpoint.pt at ``at + 1``."""
+    recipe = tiny_recipe(**changes)
+    recipe["steps"].insert(1, {"step": "test-stop-at", "at": at, "on": "view"})
+    result = run_recipe_dict(recipe, run_dir, registry=registry, check=False)
+    assert result.status == "interrupted" and (run_dir / "checkpoint.pt").is_file(), result.message
+    return run_dir
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return make_registry()
+    return make_registry(StopAtPlugin())
+
+
+def _variant(folder: Path, source: str, name: str, record: Callable[[Any], Any] | None = None,
+             checkpoint: Callable[[Any], Any] | None = None) -> None:
+    """A copy of run folder ``source`` whose run.json and/or checkpoint.pt ``record``/``checkpoint``
+    rewrite (a str or bytes result is written as it is)."""
+    dest = folder / name
+    shutil.copytree(folder / source, dest)
+    for file, change, load in (("run.json", record, lambda p: json.loads(p.read_text())),
+                               ("checkpoint.pt", checkpoint, lambda p: torch.load(p, weights_only=True))):
+        if change is None:
+            continue
+        out = change(load(dest / file))
+        if isinstance(out, str):
+            (dest / file).write_text(out)
+        elif isinstance(out, bytes):
+            (dest / file).write_bytes(out)
+        elif file == "run.json":
+            (dest / file).write_text(json.dumps(out))
+        else:
+            torch.save(out, dest / file)
+
+
+def _with(data: dict, **changes: Any) -> dict:
+    return {**data, **changes}
+
+
+def _without(data: dict, key: str) -> dict:
+    return {k: v for k, v in data.items() if k != key}
+
+
+def _images(record: dict, change: Callable[[dict], Any]) -> dict:
+    change(record["images"][0])
+    return record
+
+
+def _tampered_runs(folder: Path, registry) -> None:
+    """Run folders with one thing wrong in run.json or checkpoint.pt, for evaluate and --resume."""
+    v = _variant
+    v(folder, "done", "ev-not-json", record=lambda r: '{"images": [')
+    v(folder, "done", "ev-a-list", record=lambda r: [r])
+    v(folder, "done", "ev-images-number", record=lambda r: _with(r, images=5))
+    v(folder, "done", "ev-no-file", record=lambda r: _images(r, lambda e: e.pop("file")))
+    v(folder, "done", "ev-escape", record=lambda r: _images(r, lambda e: e.update(file="../../run.json")))
+    v(folder, "done", "ev-index-text", record=lambda r: _images(r, lambda e: e["targets"][0].update(index="x")))
+    v(folder, "done", "ev-weight-text", record=lambda r: _images(r, lambda e: e["targets"][0].update(weight="x")))
+    v(folder, "done", "ev-not-png")
+    next((folder / "ev-not-png" / "images").glob("000_*.png")).write_text("not a picture")
+    v(folder, "done", "ev-png-gone")
+    next((folder / "ev-png-gone" / "images").glob("000_*.png")).unlink()
+
+    paused_run(folder / "paused", registry)
+    v(folder, "paused", "rs-record-not-json", record=lambda r: "{not json")
+    v(folder, "paused", "rs-record-list", record=lambda r: [1, 2])
+    v(folder, "paused", "rs-record-no-recipe", record=lambda r: _without(r, "recipe"))
+    v(folder, "paused", "rs-record-bad-recipe", record=lambda r: _with(r, recipe=_with(r["recipe"], iterations="many")))
+    v(folder, "paused", "rs-record-no-id", record=lambda r: _without(r, "run_id"))
+    v(folder, "paused", "rs-other-run", checkpoint=lambda c: _with(c, run_id="0123456789abcdef" * 2))
+    v(folder, "paused", "rs-ckpt-no-id", checkpoint=lambda c: _without(c, "run_id"))
+    v(folder, "paused", "rs-fewer", record=lambda r: _with(r, recipe=_with(r["recipe"], iterations=1)))
+    v(folder, "paused", "rs-batch", checkpoint=lambda c: _with(c, image=c["image"].repeat(3, 1, 1, 1)))
+    v(folder, "paused", "rs-pickle", checkpoint=lambda c: pickle.dumps({"iteration": 2}))
+    v(folder, "paused", "rs-json", checkpoint=lambda c: json.dumps({"iteration": 2}))
+    v(folder, "paused", "rs-list", checkpoint=lambda c: [1, 2, 3])
+    v(folder, "paused", "rs-no-image", checkpoint=lambda c: _without(c, "image"))
+    v(folder, "paused", "rs-text-iteration", checkpoint=lambda c: _with(c, iteration="2"))
+    v(folder, "paused", "rs-nan", checkpoint=lambda c: _with(c, image=c["image"] * float("nan")))
+    v(folder, "paused", "rs-extra", checkpoint=lambda c: _with(c, os="system"))
+    v(folder, "paused", "rs-stray-step", checkpoint=lambda c: _with(c, steps={7: {}}))
+    v(folder, "paused", "rs-param", checkpoint=lambda c: _with(c, param={"bogus": torch.zeros(2)}))
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +525,13 @@ def files(tmp_path_factory, registry) -> Path:
     import torchvision
 
     torch.save(torchvision.models.squeezenet1_1(num_classes=4).state_dict(), folder / "squeeze.pth")
-    from pipeline_core.testing import run_recipe_dict
-
     run_recipe_dict(tiny_recipe(iterations=2), folder / "done", registry=registry)
     run_recipe_dict(tiny_recipe(iterations=2), folder / "broken", registry=registry)
     (folder / "broken" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really")
     (folder / "broken" / "run.json").write_text('{"recipe": {"iterations": 4,')
+    shutil.copytree(folder / "done", folder / "broken-checkpoint")
+    (folder / "broken-checkpoint" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really")
+    _tampered_runs(folder, registry)
     return folder
 
 
@@ -364,3 +618,62 @@ def test_unknown_step_through_the_real_command(cli, tmp_path):
     assert "unknown step 'gradient-stpe'" in lines[0] and "did you mean 'gradient-step'" in lines[0]
     assert not (tmp_path / "run").exists()  # nothing is made for a recipe that cannot run
     assert os.listdir(tmp_path) == ["typo.yaml"]
+
+
+def test_a_photo_starts_upright_by_its_exif_orientation(in_process, capsys, tmp_path):
+    from pipeline_plugins.init_image import load_photo
+
+    # stored 40 wide and 20 high, red left and blue right; orientation 6: the camera was turned, so
+    # viewers rotate it a quarter turn clockwise: 20 wide, 40 high, red on top
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    assert Image.open(tmp_path / "phone.jpg").getexif()[0x0112] == 6
+
+    photo = load_photo(tmp_path / "phone.jpg")
+    assert tuple(photo.shape) == (3, 40, 20)
+    top, bottom = photo[:, :20].mean((1, 2)), photo[:, 20:].mean((1, 2))
+    assert top[0] > 0.9 > 0.1 > top[2] and bottom[2] > 0.9 > 0.1 > bottom[0]
+
+    recipe = tiny_recipe(iterations=1, output={"video": False})
+    recipe["steps"][0] = {"step": "init-image", "images": "phone.jpg", "size": [40, 20], "fit": "stretch"}
+    recipe["steps"][-1]["lr"] = 1e-6
+    (tmp_path / "phone.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert in_process(["run", str(tmp_path / "phone.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = np.asarray(Image.open(tmp_path / "run" / "images" / "000_class-3.png"), dtype=float)
+    assert out.shape == (40, 20, 3) and out[:20, :, 0].mean() > 200 and out[20:, :, 2].mean() > 200
+
+
+def test_a_photo_with_broken_exif_still_loads(tmp_path):
+    from pipeline_plugins.init_image import load_photo
+
+    Image.fromarray(np.full((8, 12, 3), 128, dtype=np.uint8)).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00garbage")
+    assert tuple(load_photo(tmp_path / "odd.jpg").shape) == (3, 8, 12)
+
+
+ESC = "\x1b"
+
+
+def test_text_from_a_recipe_never_reaches_the_terminal_with_control_characters(in_process, capsys, tmp_path):
+    """Class names, targets, messages and file names are shown with their escapes, never obeyed."""
+    names = [f"{ESC}]0;owned{chr(7)}class {i}{ESC}[2J" for i in range(10)]
+    recipe = tiny_recipe(iterations=1, model={"name": "tiny-test-model", "categories": names},
+                         description=f"{ESC}[31mred{ESC}[0m")
+    recipe["steps"][1]["target"] = names[3]
+    path = tmp_path / f"odd{ESC}[5mname.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+
+    assert in_process(["validate", str(path)]) == 0
+    assert in_process(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    recipe["steps"][1]["target"] = f"{ESC}[2Jno such class\u202e"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert in_process(["validate", str(path)]) == 2
+    assert in_process(["validate", str(path), "--set", f"steps.1.lambda={ESC}[1m"]) == 2
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err):
+        assert ESC not in text and chr(7) not in text and "\u202e" not in text, repr(text)
+    assert "\\x1b[5mname.yaml: valid" in captured.out and "model sees \\x1b]0;owned\\x07class" in captured.out
+    assert "unknown class '\\x1b[2Jno such class\\u202e'" in captured.err

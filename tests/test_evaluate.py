@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pipeline_core.commands.evaluate as evaluate
 from pipeline_core.errors import RecipeError
 from pipeline_core.commands.evaluate import (
     EvalModel,
@@ -21,6 +22,7 @@ from pipeline_core.commands.evaluate import (
     read_run,
     target_in,
 )
+from pipeline_core.hookspecs import hookimpl
 from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, make_registry, run_recipe_dict, tiny_recipe
 
 REGISTRY = make_registry()
@@ -196,3 +198,68 @@ def test_cli_evaluate_with_local_weights(tiny_run, tmp_path, cli, mobilenet_path
 def test_cli_evaluate_needs_a_model(tiny_run, cli):
     proc = cli("evaluate", str(tiny_run))
     assert proc.returncode == 2
+
+
+# -- nothing silently wrong ----------------------------------------------------------------------
+
+
+class NaNNet(torch.nn.Module):
+    """Scores every image NaN (broken weights), as a std of 0 or a NaN mean would make any model do."""
+
+    def forward(self, x):
+        return torch.full((x.shape[0], len(TINY_CLASSES)), float("nan")) + x.mean() * 0
+
+
+class NaNPlugin:
+    @hookimpl
+    def register_models(self, registry):
+        from pipeline_core.model import ModelDef, ModelInfo
+
+        registry.add_model(ModelDef(name="nan-model", build=lambda spec: NaNNet(),
+                                    info=ModelInfo(categories=TINY_CLASSES, mean=(0.5,) * 3, std=(0.5,) * 3, size=32)))
+
+
+def test_a_nan_score_is_never_a_hit(tiny_run, tmp_path):
+    registry = make_registry(NaNPlugin())
+    data = evaluate_run(tiny_run, [EvalModel("nan-model", label="nan")], registry, write=False)
+    overall = data["models"][0]["overall"]
+    assert overall["images"] == 4 and overall["top1"] == 0 and overall["top5"] == 0
+    assert overall["mean_target_probability"] == 0 and overall["non_finite"] == 4
+    assert all(img["non_finite"] and img["rank"] > 5 for img in data["models"][0]["images"])
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(evaluate.render(data))
+    assert "4 images scored NaN or Inf, counted as misses" in console.export_text()
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("tiny-test-model,std=0", "std: every std must be positive"),
+    ("tiny-test-model,std=[1,0,1]", "std: every std must be positive"),
+    ("tiny-test-model,mean=nan", "mean.0: expected a finite number"),
+    ("tiny-test-model,mean=.inf", "finite number"),
+    ("tiny-test-model,mean=1e30", "every mean must lie in"),
+    ("tiny-test-model,std=1e-30", "every std must lie in"),
+    ("tiny-test-model,size=3", "size: Input should be greater than or equal to 8"),
+    ("tiny-test-model,size=100000", "less than or equal to 4096"),
+    ("tiny-test-model,categories=[]", "the list of class names is empty"),
+])
+def test_model_options_pass_the_recipes_model_checks_and_a_good_evaluation_stays(spec, words, tiny_run, tmp_path,
+                                                                                monkeypatch, capsys):
+    import pipeline_core.commands.cli as cli
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "evaluation.json").write_text('{"good": true}')
+    monkeypatch.setattr(cli, "_registry", lambda quiet=False: REGISTRY)
+
+    assert cli.main(["evaluate", str(run), "--model", spec]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and f"--model {spec}:" in err[0] and words in err[0], err
+    assert (run / "evaluation.json").read_text() == '{"good": true}'
+
+
+def test_a_batch_size_below_one_scores_nothing_and_is_refused(tiny_run):
+    for size in (0, -1):
+        with pytest.raises(RecipeError, match="--batch-size must be a whole number of at least 1"):
+            evaluate_run(tiny_run, [TINY], REGISTRY, batch_size=size, write=False)

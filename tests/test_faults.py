@@ -157,20 +157,17 @@ def test_an_update_that_makes_the_image_nan_is_named_and_undone(registry, tmp_pa
     assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")  # the image before the broken update
 
 
-@pytest.mark.parametrize("lr", [1e38, 1e39])
-def test_an_absurd_step_size_stops_the_run_and_names_the_step(registry, tmp_path, lr):
+def test_an_absurd_step_size_stops_the_run_and_names_the_step(registry, tmp_path):
+    """1e38 is a float32, so validation lets it through (1e39 is refused there); the image grows
+    huge, then the loss overflows: the message blames the step size."""
     recipe = tiny_recipe(iterations=8)
-    recipe["steps"].append({"step": "gradient-step", "lr": lr, "from": 2})
+    recipe["steps"].append({"step": "gradient-step", "lr": 1e38, "from": 2})
     failed = run(recipe, tmp_path / "run", registry)
 
     assert failed.status == "failed" and failed.iterations_done in (2, 3)
     assert "step 3 (gradient-step)" in failed.message and "\n" not in failed.message
-    if lr > 3.4e38:  # beyond float32: PyTorch refuses the number itself
-        assert failed.message == ("step 3 (gradient-step) failed at iteration 2: RuntimeError: value cannot be "
-                                  "converted to type float without overflow")
-    else:  # the image grows huge, then the loss overflows: the message blames the step size
-        assert "NaN or Inf" in failed.message and "lower the step size of step 2 (gradient-step), step 3 " \
-            "(gradient-step)" in failed.message and "the image's values reach " in failed.message
+    assert "NaN or Inf" in failed.message and "lower the step size of step 2 (gradient-step), step 3 " \
+        "(gradient-step)" in failed.message and "the image's values reach " in failed.message
     assert all((tmp_path / "run" / "images" / f).is_file() for f in ("000_class-3.png", "grid.png"))
 
 
@@ -183,7 +180,7 @@ def test_a_transform_that_breaks_the_image_is_named(registry, tmp_path):
 
 def test_a_starting_image_with_inf_is_refused_before_the_loop(registry, tmp_path):
     recipe = tiny_recipe()
-    recipe["steps"][0]["scale"] = 1e39  # finite in the recipe, infinite in float32
+    recipe["steps"][0].update(scale=3e38, offset=3e38)  # each a float32, their sum infinite
     failed = run(recipe, tmp_path / "run", registry)
     assert failed.status == "failed" and failed.iterations_done == 0
     assert "step 0 (init-noise) made a starting image with NaN or Inf" in failed.message

@@ -168,3 +168,163 @@ def test_nan_and_infinity_survive_as_our_error(tmp_path):
         recipe = copy.deepcopy(VALID)
         recipe["steps"][-1]["lr"] = value
         loads_or_refuses(dump(recipe), tmp_path)
+
+
+# -- every command's arguments, and every file the tool reads besides recipes -------------------------
+#
+# The same promise for the command line and for run folders: whatever the arguments, and however
+# run.json or checkpoint.pt were changed, each command ends with exit code 0 or with our one line
+# and exit code 2; never the generic fallback (exit 1, "error: SomeError: ...") or a traceback.
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import pipeline_core.commands.bench as bench_module  # noqa: E402
+import pipeline_core.commands.cli as cli  # noqa: E402
+from pipeline_core.testing import run_recipe_dict, tiny_recipe  # noqa: E402
+from test_bad_input import StopAtPlugin, paused_run  # noqa: E402
+
+FILES_REGISTRY = make_registry(StopAtPlugin())
+QUICK = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SLOW = settings(QUICK, max_examples=30)
+
+
+class _Report:
+    def lines(self) -> list[str]:
+        return ["bench (stubbed in the fuzz)"]
+
+    def to_dict(self) -> dict:
+        return {}
+
+
+def _bench_stub(recipe, registry, overrides=(), iterations=20, **_kw):
+    """What pipeline bench checks before it measures, without the minutes of measuring."""
+    load_recipe(recipe, registry, list(overrides) + ([f"iterations={iterations}"] if iterations else []))
+    return _Report()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A folder to run commands in: a recipe, a finished run, a paused one, files and folders."""
+    root = tmp_path_factory.mktemp("fuzz-world")
+    (root / "recipe.yaml").write_text(dump(tiny_recipe(iterations=2)), encoding="utf-8")
+    (root / "text.txt").write_text("not a recipe")
+    (root / "folder").mkdir()
+    run_recipe_dict(tiny_recipe(iterations=2), root / "done", registry=FILES_REGISTRY)
+    paused_run(root / "paused", FILES_REGISTRY, at=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # 'pipeline run' without --out writes runs/ here, not in the repository
+        mp.setattr(cli, "_registry", lambda quiet=False: FILES_REGISTRY)
+        mp.setattr(bench_module, "bench", _bench_stub)
+        yield root
+
+
+def _promise(capsys, code: int, what: Any) -> None:
+    captured = capsys.readouterr()
+    assert "--debug shows the traceback" not in captured.err and "Traceback" not in captured.err, (what, captured.err)
+    assert code in (0, 2), (what, code, captured.err)
+    if code == 2:
+        lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error"), (what, captured.err)
+
+
+COMMANDS = ["run", "validate", "evaluate", "steps", "models", "plugins", "schema", "bench", "frobnicate"]
+OPTIONS = ["--set", "--model", "--out", "--device", "--seed", "--quiet", "--force", "--resume", "--batch-size",
+           "--iterations", "--warmup", "--rounds", "--json", "--debug", "--help", "--version", "--bogus"]
+VALUES = ["recipe.yaml", "done", "paused", "folder", "text.txt", "missing.yaml", "no/such/dir/x.json", "done/run.json",
+          "", " ", "~nosuchuser9/x", "a\x00b", "-1", "0", "1", "2", "9" * 40, "\u00b2", "\u0663", "1e3", "nan",
+          "cpu", "cuda:x", "cuda:9", "gpu", "tiny-test-model", "tiny-test-model,std=0", "tiny-test-model,mean=nan",
+          "tiny-test-model,size=3", "tiny-test-model,label=x", "tiny-test-model,weights=~nosuchuser9/w",
+          "mobilenet_v2,weights=missing.pth", "iterations=1", "steps.0.size=8", "steps.9.x=1", "steps.\u00b2=1",
+          "steps..x=1", "model=", "seed=" + "9" * 5000, "output.columns=99999", "steps.1.until=1", "=", "x",
+          "steps.1.head=layer:features", "model.std=[0,1,1]"]
+
+
+@QUICK
+@given(argv=st.tuples(st.sampled_from(COMMANDS), st.lists(st.sampled_from(OPTIONS + VALUES), max_size=6))
+       .map(lambda t: [t[0], *t[1]]))
+def test_random_command_lines(argv, world, capsys):
+    with contextlib.suppress(SystemExit):
+        code = cli.main(argv)
+    _promise(capsys, code, argv)
+
+
+def _mutate(data: Any, draw, values) -> Any:
+    """One to three random edits anywhere in a nested mapping: replace, delete or add."""
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(data) if p]
+        if not paths or not isinstance(data, dict):
+            return draw(values)
+        path = draw(st.sampled_from(paths))
+        parent = _parent(data, path)
+        op = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        if op == "replace":
+            parent[path[-1]] = draw(values)
+        elif op == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(keys)] = draw(values)
+        else:
+            parent.insert(draw(st.integers(0, len(parent))), draw(values))
+    return data
+
+
+def _fresh(world: Path, name: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="fuzz-", dir=world)) / name
+    shutil.copytree(world / name, dest)
+    return dest
+
+
+@SLOW
+@given(data=st.data())
+def test_random_run_records_given_to_evaluate_and_resume(data, world, capsys):
+    for name, argv in (("done", ["evaluate", "{}", "--model", "tiny-test-model"]),
+                       ("paused", ["run", "--resume", "{}", "--quiet"])):
+        folder = _fresh(world, name)
+        try:
+            record = json.loads((folder / "run.json").read_text())
+            changed = _mutate(record, data.draw, structures)
+            (folder / "run.json").write_text(json.dumps(changed, default=str))
+            args = [a.format(folder) for a in argv]
+            _promise(capsys, cli.main(args), (args, changed))
+        finally:
+            shutil.rmtree(folder.parent)
+
+
+tensors = st.builds(
+    lambda shape, dtype, fill: torch.full(shape, fill).to(dtype),
+    st.lists(st.integers(0, 3), max_size=4),
+    st.sampled_from([torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64, torch.bool]),
+    st.sampled_from([0.0, 0.5, 1.0, -1.0, float("nan"), float("inf")]),
+)
+checkpoint_values = st.one_of(structures, tensors, st.lists(tensors, max_size=3),
+                              st.dictionaries(st.integers(-1, 9) | st.sampled_from(WORDS), tensors | structures,
+                                              max_size=3))
+
+
+@SLOW
+@given(data=st.data())
+def test_random_checkpoints_given_to_resume(data, world, capsys):
+    folder = _fresh(world, "paused")
+    try:
+        if data.draw(st.booleans()):
+            checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+            torch.save(_mutate(checkpoint, data.draw, checkpoint_values), folder / "checkpoint.pt")
+        else:  # the bytes themselves: cut short, or a byte changed
+            raw = bytearray((folder / "checkpoint.pt").read_bytes())
+            at = data.draw(st.integers(0, len(raw) - 1))
+            if data.draw(st.booleans()):
+                raw = raw[:at]
+            else:
+                raw[at] ^= data.draw(st.integers(1, 255))
+            (folder / "checkpoint.pt").write_bytes(bytes(raw))
+        _promise(capsys, cli.main(["run", "--resume", str(folder), "--quiet"]), "checkpoint")
+    finally:
+        shutil.rmtree(folder.parent)

@@ -130,7 +130,7 @@ def pngs(run_dir: Path) -> dict[str, bytes]:
 def with_signal(recipe: dict, at: int) -> dict:
     recipe = copy.deepcopy(recipe)
     first_loop = next(i for i, s in enumerate(recipe["steps"]) if s["step"] not in ("init-noise", "init-image",
-                                                                                    "fourier-image"))
+                                                                                    "fourier-image", "phase-image"))
     recipe["steps"].insert(first_loop, {"step": "test-self-signal", "at": at, "on": "view"})
     return recipe
 
@@ -145,9 +145,9 @@ def _recipe(step: dict | None = None, iterations: int = 8, **changes) -> dict:
     kind = step["step"]
     if kind in ("init-noise", "init-image"):
         recipe["steps"][0] = step
-    elif kind == "fourier-image":
+    elif kind in ("fourier-image", "phase-image"):
         recipe["steps"].insert(1, step)
-    elif kind in ("gradient-step", "sign-step", "adam"):
+    elif kind in ("gradient-step", "sign-step", "adam", "nadam"):
         recipe["steps"][-1] = step
     elif kind in ("L1-loss", "cross-entropy", "target-blend"):
         recipe["steps"][1] = step
@@ -173,6 +173,9 @@ STEP_EXAMPLES: dict[str, dict] = {
     "sign-step": {"step": "sign-step", "epsilon": 0.01},
     "adam": {"step": "adam", "lr": 0.03},
     "fourier-image": {"step": "fourier-image", "noise": 0.1},
+    "phase-image": {"step": "phase-image", "noise": 0.1},
+    "crops": {"step": "crops", "views": 2, "size": 24},
+    "nadam": {"step": "nadam", "lr": 0.03},
 }
 
 

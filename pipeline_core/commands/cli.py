@@ -1,26 +1,55 @@
-"""The ``pipeline`` command.
+"""The pipeline command: run image classifiers in reverse, driven by YAML recipes.
 
-Exit codes: 0 done; 2 invalid recipe or arguments (one line, no traceback); 1 the run failed
-(a clear message; the traceback with ``--debug``); 130 interrupted (the video and run.json are
-still finished).
+Exit codes: 0 done; 2 invalid recipe or arguments (one line saying where and how to fix it,
+no traceback); 1 the run failed (a clear message; the traceback with --debug); 130
+interrupted (Ctrl-C, SIGTERM or SIGHUP; a run still finishes its video and run.json).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+import signal
 import sys
-import traceback
-from pathlib import Path
-from typing import NoReturn, Sequence
 
-from rich.console import Console
-from rich.markup import escape
 
-from pipeline_core.errors import PipelineError, RecipeError
+def _interrupted_while_starting(signum: int, _frame: object) -> None:
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    os.write(2, f"interrupted ({name})\n".encode())
+    os._exit(130)
+
+
+# Started as the command (not imported by a test or a script): a Ctrl-C, SIGTERM or SIGHUP
+# while the modules below are still being imported is one line and exit code 130, not a
+# traceback; main() takes over from here.
+_argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+if os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py")):
+    for _name, _default in (("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
+                            ("SIGHUP", signal.SIG_DFL)):
+        _signum = getattr(signal, _name, None)
+        if _signum is not None and signal.getsignal(_signum) is _default:
+            signal.signal(_signum, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, NoReturn, Sequence  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from pipeline_core import __version__  # noqa: E402
+from pipeline_core.errors import OutputError, PipelineError, RecipeError, _printable  # noqa: E402
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out_console = Console(highlight=False, soft_wrap=True, markup=False)
+
+
+def _safe(text: Any) -> str:
+    """Text for the terminal: control characters escaped, rich markup taken literally."""
+    return escape(_printable(text))
 
 
 def _registry(quiet: bool = False):
@@ -29,14 +58,21 @@ def _registry(quiet: bool = False):
     registry = build_registry()
     if not quiet:
         for line in registry.problems:
-            err_console.print(f"[yellow]warning:[/] {escape(line)}", markup=True)
+            err_console.print(f"[yellow]warning:[/] {_safe(line)}", markup=True)
     return registry
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
+    """Every change to the recipe the options make, in order: --model, then --set, then --seed
+    and --device (each error names the option that caused it)."""
     from pipeline_core.recipe.source import Override
 
-    sets = list(getattr(args, "set", None) or [])
+    sets: list[str] = []
+    if getattr(args, "model", None):
+        from pipeline_core.commands.evaluate import model_overrides
+
+        sets += model_overrides(args.model)
+    sets += list(getattr(args, "set", None) or [])
     if getattr(args, "seed", None) is not None:
         sets.append(Override(f"seed={args.seed}", f"--seed {args.seed}"))
     if getattr(args, "device", None) is not None:
@@ -48,70 +84,106 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline_core.run.engine import Run, load_resume
-    from pipeline_core.run.progress import make_progress
     from pipeline_core.recipe.loader import load_recipe
-    from pipeline_core.run.record import default_run_dir, prepare_run_dir
-
     from pipeline_core.run.device import pick_device
+    from pipeline_core.run.engine import Run, prepare_resume
+    from pipeline_core.run.progress import make_progress
+    from pipeline_core.run.record import RunLock, default_run_dir, prepare_run_dir, run_lock
 
     registry = _registry(args.quiet)
-    resume = None
-    if args.resume:
+    if args.resume is not None:
         run_dir = Path(args.resume)
-        if args.recipe or args.set or args.seed is not None or args.out or args.force:
+        if args.recipe or args.set or args.seed is not None or args.out is not None or args.force or args.model:
             raise RecipeError("--resume continues a run as it was recorded, in its own folder: "
-                              "give no recipe, --set, --seed, --out or --force with it")
+                              "give no recipe, --set, --model, --seed, --out or --force with it")
         if not run_dir.is_dir():
             raise RecipeError(f"--resume {run_dir}: no such run folder")
         if not (run_dir / "run.json").is_file():
             raise RecipeError(f"--resume {run_dir}: the folder has no run.json, so it holds no run to continue")
-        resume = load_resume(run_dir)
-        recipe = load_recipe(run_dir / "run.json", registry, _overrides(args))
-        pick_device(recipe.model.device)
-    else:
-        if not args.recipe:
-            raise RecipeError("give a recipe file (or --resume RUN_DIR); see recipes/ for examples")
-        recipe = load_recipe(args.recipe, registry, _overrides(args))
-        pick_device(recipe.model.device)  # an unusable device is refused before the folder is made
-        run_dir = Path(args.out) if args.out else default_run_dir(recipe.name)
-        run_dir = prepare_run_dir(run_dir, args.force)
-    run = Run(recipe, registry, run_dir, make_progress(args.quiet, err_console), resume=resume)
+        # locked before anything is read: a run still going in the folder is refused, naming it
+        with RunLock.acquire(run_dir):
+            recipe, resume = prepare_resume(run_dir, registry, _overrides(args))
+            pick_device(recipe.model.device)
+            return _execute(Run(recipe, registry, run_dir, make_progress(args.quiet, err_console), resume=resume),
+                            args.quiet)
+    if not args.recipe:
+        raise RecipeError("give a recipe file (or --resume RUN_DIR); see recipes/ for examples")
+    recipe = load_recipe(args.recipe, registry, _overrides(args))
+    pick_device(recipe.model.device)  # an unusable device is refused before the folder is made
+    run_dir = Path(args.out) if args.out is not None else default_run_dir(recipe.name)
+    with run_lock(run_dir):  # held from before --force clears the folder until the run has ended
+        prepare_run_dir(run_dir, args.force)
+        return _execute(Run(recipe, registry, run_dir, make_progress(args.quiet, err_console)), args.quiet)
+
+
+def _execute(run: Any, quiet: bool) -> int:
     result = run.execute()
     run.progress.stop()
-    _summary(result, args.quiet)
+    _summary(result, quiet)
     return result.exit_code
 
 
 def _summary(result, quiet: bool) -> None:
     if result.status == "completed":
         if not quiet:
-            out_console.print(f"[green]done[/]: {escape(str(result.run_dir))} ({result.iterations_done} iterations)", markup=True)
+            out_console.print(f"[green]done[/]: {_safe(result.run_dir)} ({result.iterations_done} iterations)",
+                              markup=True)
             for image in result.record.get("images", []):
                 top = image["top5"][0] if image["top5"] else None
                 guess = f"{top['name']} {top['probability']:.2f}" if top else "-"
-                out_console.print(f"  images/{image['file']}: model sees {guess}")
+                out_console.print(_printable(f"  images/{image['file']}: model sees {guess}"))
     elif result.status == "interrupted":
         checkpoint = result.record.get("checkpoint")
         if checkpoint:
             then = f"continue from iteration {checkpoint['iteration']} with: pipeline run --resume {result.run_dir}"
         else:
             then = "no checkpoint was written, so it cannot be resumed (output.checkpoint_every sets one)"
-        err_console.print(f"interrupted at iteration {result.iterations_done}: video, images and run.json are in "
-                          f"{result.run_dir}; {then}")
+        err_console.print(_printable(f"interrupted at iteration {result.iterations_done}: video, images and "
+                                     f"run.json are in {result.run_dir}; {then}"))
     else:
-        err_console.print(f"[red]error:[/] {escape(result.message)} (record: {escape(str(result.run_dir / 'run.json'))})", markup=True)
+        err_console.print(f"[red]error:[/] {_safe(result.message)} (record: {_safe(result.run_dir / 'run.json')})",
+                          markup=True)
+
+
+def _download_note(recipe) -> str:
+    if recipe.download is None:
+        return ""
+    url, file = recipe.download
+    return (f"; its first run downloads the weights of {recipe.model_spec.name} ({url}) into {file.parent} "
+            "(or set model.weights to a local file)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline_core.recipe.loader import load_recipe
 
-    recipe = load_recipe(args.recipe, _registry(), _overrides(args))
-    out_console.print(
-        f"{args.recipe}: valid ({len(recipe.steps)} steps, {recipe.plan.iterations} iterations, "
-        f"batch {recipe.plan.batch}, model {recipe.model_spec.name})"
-    )
-    return 0
+    registry = _registry()
+    overrides = _overrides(args)
+    several = len(args.recipe) > 1
+    invalid = crashed = False
+    for file in args.recipe:
+        try:
+            recipe = load_recipe(file, registry, overrides)
+        except PipelineError as exc:
+            invalid = True
+            line = str(exc)
+            if several and not line.startswith(str(file)):
+                line = f"{file}: {line}"
+            err_console.print(f"[red]error:[/] {_safe(line)}", markup=True)
+            if args.debug:
+                traceback.print_exc()
+            continue
+        except Exception as exc:  # noqa: BLE001 - one file's crash must not hide the others' results
+            crashed = True
+            err_console.print(f"[red]error:[/] {_safe(file)}: {_safe(type(exc).__name__)}: {_safe(exc)}"
+                              + ("" if args.debug else " (--debug shows the traceback)"), markup=True)
+            if args.debug:
+                traceback.print_exc()
+            continue
+        out_console.print(_printable(
+            f"{file}: valid ({len(recipe.steps)} steps, {recipe.plan.iterations} iterations, "
+            f"batch {recipe.plan.batch}, model {recipe.model_spec.name}){_download_note(recipe)}"
+        ))
+    return 2 if invalid else 1 if crashed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -121,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = evaluate_run(Path(args.run_dir), models, _registry(), device=args.device or "cpu",
                         batch_size=args.batch_size)
     out_console.print(render(data))
-    out_console.print(f"wrote {escape(str(Path(args.run_dir) / 'evaluation.json'))}")
+    out_console.print(f"wrote {_safe(Path(args.run_dir) / 'evaluation.json')}", markup=True)
     return 0
 
 
@@ -137,7 +209,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, entry in sorted(registry.models.items()):
         heads = ", ".join(entry.obj.heads)
         extra = f"  heads: {heads}" if heads else ""
-        out_console.print(f"{escape(name)}  [dim]({escape(entry.plugin)})[/]{escape(extra)}", markup=True)
+        out_console.print(f"{_safe(name)}  [dim]({_safe(entry.plugin)})[/]{_safe(extra)}", markup=True)
     return 0
 
 
@@ -148,13 +220,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_text(path: Path, text: str, option: str) -> None:
+    from pipeline_core.run.record import _why
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write it: {_why(exc)}") from None
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from pipeline_core.recipe.schema import recipe_schema
+    from pipeline_core.run.record import check_output_file
 
+    if args.out is not None:
+        check_output_file(Path(args.out), "--out")
     text = json.dumps(recipe_schema(_registry()), indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-        out_console.print(f"wrote {args.out}")
+    if args.out is not None:
+        _write_text(Path(args.out), text + "\n", "--out")
+        out_console.print(f"wrote {_safe(args.out)}", markup=True)
     else:
         sys.stdout.write(text + "\n")
     return 0
@@ -162,28 +246,66 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline_core.commands.bench import bench
+    from pipeline_core.run.record import check_output_file
 
-    report = bench(args.recipe, _registry(), args.set, iterations=args.iterations, warmup=args.warmup,
+    if args.json is not None:  # before minutes of measuring, not after
+        check_output_file(Path(args.json), "--json")
+    sets = _overrides(argparse.Namespace(model=args.model, set=args.set))
+    report = bench(args.recipe, _registry(), sets, iterations=args.iterations, warmup=args.warmup,
                    rounds=args.rounds, device=args.device, echo=err_console.print)
     for line in report.lines():
         out_console.print(line)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        out_console.print(f"wrote {args.json}")
+    if args.json is not None:
+        _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n", "--json")
+        out_console.print(f"wrote {_safe(args.json)}", markup=True)
     return 0
 
 
-def _count(minimum: int):
+# -- argument types ----------------------------------------------------------------------------
+
+
+def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not text.isascii() or not re.fullmatch(r"\s*[+-]?\d{1,30}\s*", text):
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {_printable(text)!r}")
+        value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > 10**9:
+            raise argparse.ArgumentTypeError(f"must be at most {10**9}, got {text.strip()[:30]}")
         return value
 
     return parse
+
+
+def _integer(text: str) -> int:
+    """A whole number as typed (its range is the recipe's to check): ASCII digits, a sign."""
+    if not re.fullmatch(r"\s*[+-]?\d{1,30}\s*", text) or not text.isascii():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_printable(text)!r}")
+    return int(text)
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty; give a file or folder")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"the path {_printable(text)!r} holds a NUL character")
+    return text
+
+
+def _device(text: str) -> str:
+    from pipeline_core.recipe.sections import DEVICE_PATTERN
+
+    if not re.fullmatch(DEVICE_PATTERN, text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"unknown device {_printable(text)!r}: use auto, cpu, cuda, cuda:N or mps")
+    return text.strip().lower()
+
+
+def _plain(text: str) -> str:
+    """Docstring text for --help: reST roles and literals (``x``, :mod:`x`) as plain words."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else
+                  m.group(1), text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -193,92 +315,147 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line (exit code 2) rather than the usage and a line."""
 
     def error(self, message: str) -> NoReturn:
-        err_console.print(f"error: {self.prog}: {message} (see '{self.prog} --help')")
+        err_console.print(_printable(f"error: {self.prog}: {message} (see '{self.prog} --help')"))
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pipeline", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--debug", action="store_true", help="show tracebacks of failures")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+MODEL_HELP = ("the model, as 'pipeline models' names it, with the keys of a recipe's model section: "
+              "mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224 (paths relative to this folder); "
+              "sets the recipe's model section")
 
-    def recipe_args(sp: argparse.ArgumentParser, optional: bool = False) -> None:
-        sp.add_argument("recipe", nargs="?" if optional else None, help="recipe YAML (or a run's run.json to replay it)")
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = (__doc__ or "").strip().split("\n\n")
+    p = _Parser(prog="pipeline", description=_plain(lines[0]), epilog=_plain(" ".join(lines[1:]).replace("\n", " ")))
+    p.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+
+    def recipe_args(sp: argparse.ArgumentParser, nargs: str | None = None) -> None:
+        sp.add_argument("recipe", nargs=nargs, type=_path, help="recipe YAML (or a run's run.json to replay it)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override a value by dotted path, read as YAML (e.g. model.size=224, steps.2.sigma=1)")
+        sp.add_argument("--model", metavar="NAME[,KEY=VALUE...]", help=MODEL_HELP)
 
-    run = sub.add_parser("run", help="run a recipe")
-    recipe_args(run, optional=True)
-    run.add_argument("--out", help="run folder (default: a new folder under runs/ named after the recipe)")
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
-    run.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    run = command("run", "run a recipe")
+    recipe_args(run, nargs="?")
+    run.add_argument("--out", type=_path, help="run folder (default: a new folder under runs/ named after the recipe)")
+    run.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
+    run.add_argument("--seed", type=_integer, help="overrides the recipe's seed")
     run.add_argument("--quiet", action="store_true", help="no progress display")
-    run.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    run.add_argument("--force", action="store_true", help="replace the run in a non-empty run folder (its files go)")
+    run.add_argument("--resume", metavar="RUN_DIR", type=_path, help="continue an interrupted run from its checkpoint")
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="check a recipe without running it")
-    recipe_args(val)
+    val = command("validate", "check recipes without running them (several files: one line each)")
+    recipe_args(val, nargs="+")
     val.set_defaults(func=cmd_validate)
 
-    ev = sub.add_parser("evaluate", help="score a run's final images with other classifiers")
-    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (with run.json and images/)")
+    ev = command("evaluate", "score a run's final images with other classifiers")
+    ev.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a run folder (with run.json and images/)")
     ev.add_argument("--model", action="append", required=True, metavar="NAME[,KEY=VALUE...]",
                     help="a model to score with, as 'pipeline models' names it; keys as in a recipe's model "
-                         "section, e.g. mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224 (repeatable)")
-    ev.add_argument("--device", help="cpu (default), auto, cuda, cuda:N or mps")
-    ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+                         "section, e.g. mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224, and label=NAME "
+                         "(repeatable)")
+    ev.add_argument("--device", type=_device, help="cpu (default), auto, cuda, cuda:N or mps")
+    ev.add_argument("--batch-size", type=_count(1), default=16, help="images per forward pass (default 16)")
     ev.set_defaults(func=cmd_evaluate)
 
-    steps = sub.add_parser("steps", help="list the steps, their parameters and defaults")
+    steps = command("steps", "list the steps, their parameters and defaults")
     steps.add_argument("name", nargs="?", help="show one step only")
     steps.set_defaults(func=cmd_steps)
 
-    models = sub.add_parser("models", help="list the models recipes can name")
+    models = command("models", "list the models recipes can name")
     models.set_defaults(func=cmd_models)
 
-    plugins = sub.add_parser("plugins", help="list loaded plugins and what they register")
+    plugins = command("plugins", "list loaded plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)")
-    schema.add_argument("--out", help="write it to this file")
+    schema = command("schema", "print the JSON Schema of recipes (for editors)")
+    schema.add_argument("--out", type=_path, help="write it to this file")
     schema.set_defaults(func=cmd_schema)
 
-    be = sub.add_parser("bench", help="measure the engine's speed on a recipe against a bare loop of the same maths")
+    be = command("bench", "measure the engine's speed on a recipe against a bare loop of the same maths")
     recipe_args(be)
     be.add_argument("--iterations", type=_count(1), default=20, help="iterations per measured run (default 20)")
     be.add_argument("--warmup", type=_count(0), default=2, help="iterations of an uncounted first run of each loop (default 2)")
     be.add_argument("--rounds", type=_count(1), default=3, help="runs of each loop, alternating; medians are reported (default 3)")
-    be.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
-    be.add_argument("--json", metavar="FILE", help="also write every figure to this JSON file")
+    be.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
+    be.add_argument("--json", metavar="FILE", type=_path, help="also write every figure to this JSON file")
     be.set_defaults(func=cmd_bench)
 
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _interrupted(exc: BaseException) -> int:
+    """The one line of a stop before (or outside) a run; further signals cannot cut it short."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line message
-        return 2 if exc.code not in (0, None) else 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        name = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "Ctrl-C"
+        err_console.print(f"interrupted ({name})")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)
+    return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline_core.run.interrupts import startup_signals
+
+    try:
+        with startup_signals() as stopped:  # SIGINT, SIGTERM and SIGHUP outside a run: one line, 130
+            parser = build_parser()
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # argparse already printed its one-line message (or the help)
+                return 2 if exc.code not in (0, None) else 0
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            return _dispatch(args, stopped)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+
+
+def _dispatch(args: argparse.Namespace, stopped: Any) -> int:
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        if stopped.signal_name and not isinstance(exc, SystemExit):
+            # a library caught the interrupt and failed on (an import cut in half): it was the stop
+            raise KeyboardInterrupt(stopped.signal_name) from None
+        return _failure(args, exc)
+
+
+def _failure(args: argparse.Namespace, exc: BaseException) -> int:
+    try:
+        raise exc
     except PipelineError as exc:
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", markup=True)
+        err_console.print(f"[red]error:[/] {_safe(exc)}", markup=True)
         if args.debug:
             traceback.print_exc()
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+    except RecursionError:
+        err_console.print("[red]error:[/] the input is nested too deeply to be read", markup=True)
+        return 2
+    except OSError as exc:  # a file or folder the user named cannot be used (a name too long, no access)
+        from pipeline_core.run.record import _why
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"[red]error:[/] {_safe(where)}{_safe(_why(exc))}", markup=True)
+        if args.debug:
+            traceback.print_exc()
+        return 2
     except Exception as exc:  # noqa: BLE001 - never a bare traceback for users
-        err_console.print(f"[red]error:[/] {type(exc).__name__}: {escape(str(exc))}" + ("" if args.debug else " (--debug shows the traceback)"),
-                          markup=True)
+        err_console.print(f"[red]error:[/] {_safe(type(exc).__name__)}: {_safe(exc)}"
+                          + ("" if args.debug else " (--debug shows the traceback)"), markup=True)
         if args.debug:
             traceback.print_exc()
         return 1

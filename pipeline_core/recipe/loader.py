@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -15,13 +16,13 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError, create_model
 
-from pipeline_core.errors import Location, ModelLoadError, RecipeError, did_you_mean
+from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec
 from pipeline_core.recipe.messages import describe, raise_validation
 from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.schedule import Schedule, ScheduleFields, resolve
 from pipeline_core.recipe.sections import MAX_BATCH, RecipeModel
-from pipeline_core.recipe.source import PathKey, Source, apply_override, parse, read_text
+from pipeline_core.recipe.source import PathKey, Source, apply_override, expand_user, parse, read_text
 from pipeline_core.registry import Registry
 from pipeline_core.step import Step, StepKind
 
@@ -50,11 +51,14 @@ class Recipe:
     plan: Plan
     steps: list[StepSpec]
     steps_bound: list[Step]
+    #: (url, file) of weights the model will download on its first run, when not cached yet
+    download: tuple[str, Path] | None = None
 
     @property
     def name(self) -> str:
         stem = Path(self.source.file).stem
-        return Path(self.source.file).parent.name if stem == "run" else stem
+        # shown by the progress display and used for runs/NAME: never a control character
+        return _printable(Path(self.source.file).parent.name if stem == "run" else stem)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain data, paths absolute, overrides applied: replayable as is."""
@@ -84,7 +88,7 @@ def entry_model(step_cls: type[Step]) -> type[BaseModel]:
 
 def _resolve_paths(value: Any, base: Path) -> Any:
     if isinstance(value, str):
-        p = Path(value).expanduser()
+        p = expand_user(value)
         return str(p if p.is_absolute() else (base / p))
     if isinstance(value, list):
         return [_resolve_paths(v, base) for v in value]
@@ -93,6 +97,15 @@ def _resolve_paths(value: Any, base: Path) -> Any:
 
 def _base_for(source: Source, path: PathKey) -> Path:
     return Path.cwd() if source.overridden(path) is not None else source.base_dir
+
+
+def _paths_at(source: Source, path: PathKey, value: Any, **where: Any) -> Any:
+    """``value``'s paths made absolute from the recipe's folder (the shell's, for an override);
+    a path that cannot be expanded names where it was written."""
+    try:
+        return _resolve_paths(value, _base_for(source, path))
+    except RecipeError as exc:
+        raise RecipeError(exc.message, source.where(path, **where)) from None
 
 
 def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tuple[type[Step], dict, Any]:
@@ -121,13 +134,44 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
     data = {k: v for k, v in raw.items() if k != "step"}
     for field_name in getattr(cls, "paths", ()):
         if field_name in data:
-            data[field_name] = _resolve_paths(data[field_name], _base_for(source, path + (field_name,)))
+            data[field_name] = _paths_at(source, path + (field_name,), data[field_name], step_index=index,
+                                         step_name=name, key=field_name)
     model = entry_model(cls)
     try:
         params = model.model_validate(data)
     except ValidationError as exc:
         raise_validation(exc, model, source, path, step=(index, name))
+    _check_magnitudes(source, path, params.model_dump(by_alias=True), (index, cls.name))
     return cls, data, params
+
+
+#: the largest float32: a parameter beyond it becomes Inf on the device
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1
+
+
+def _check_magnitudes(source: Source, path: PathKey, value: Any, step: tuple[int, str] | None,
+                      key: tuple[Any, ...] = ()) -> None:
+    """No number in a step's parameters that the device cannot hold: a float past float32's
+    range (an 'lr: 1e39', octave splits whose sum overflows) or an integer past 64 bits."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_magnitudes(source, path, v, step, key + (k,))
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_magnitudes(source, path, v, step, key + (i,))
+        return
+    problem = None
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        problem = f"{value:g} is beyond the range of 32-bit floats (at most {FLOAT32_MAX:.4g})"
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        problem = f"{value} does not fit a 64-bit integer"
+    if problem is None:
+        return
+    dotted = ".".join(str(k) for k in key) or None
+    extra = {"step_index": step[0], "step_name": step[1]} if step else {}
+    raise RecipeError(problem, source.where(path + key, key=dotted, **extra))
 
 
 def _step_params(cls: type[Step], params: BaseModel) -> Any:
@@ -142,14 +186,14 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
     m = rm.model
     weights = None
     if m.weights:
-        weights = Path(_resolve_paths(m.weights, _base_for(source, ("model", "weights"))))
+        weights = Path(_paths_at(source, ("model", "weights"), m.weights, key="model.weights"))
         if not weights.is_file():
             raise RecipeError(
                 f"no weights file at {weights}", source.where(("model", "weights"), key="model.weights")
             )
     categories = m.categories
     if isinstance(categories, str):
-        path = Path(_resolve_paths(categories, _base_for(source, ("model", "categories"))))
+        path = Path(_paths_at(source, ("model", "categories"), categories, key="model.categories"))
         try:
             if not path.is_file() or path.stat().st_size > 16 * 2**20:  # not /dev/zero, not a photo by mistake
                 raise OSError
@@ -160,6 +204,7 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
             ) from None
     if categories is not None and not categories:
         raise RecipeError("the list of class names is empty", source.where(("model", "categories"), key="model.categories"))
+    _check_magnitudes(source, ("model", "kwargs"), dict(m.kwargs), None, ())
     return ModelSpec(name=m.name, weights=weights, mean=m.mean, std=m.std, size=m.size,
                      categories=categories, kwargs=dict(m.kwargs))
 
@@ -179,6 +224,27 @@ def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[Mo
     if spec.weights is not None and spec.categories is None and len(info.categories) == 0:
         raise RecipeError("give model.categories for a local model", where)
     return model_def, info
+
+
+#: the plugin whose models take torchvision's ImageNet weights through its download cache
+_TORCHVISION_PLUGIN = "pipeline_plugins.torchvision_models"
+
+
+def pending_download(registry: Registry, model_def: ModelDef, spec: ModelSpec) -> tuple[str, Path] | None:
+    """(url, file) when building this model will download its weights: a torchvision model
+    without ``model.weights`` whose ImageNet weights are not in torch's cache yet."""
+    entry = registry.models.get(model_def.name)
+    if spec.weights is not None or entry is None or entry.plugin != _TORCHVISION_PLUGIN:
+        return None
+    try:
+        import torch
+        from torchvision.models import get_model_weights
+
+        url = get_model_weights(model_def.name).DEFAULT.url
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    except Exception:  # noqa: BLE001 - not a torchvision name after all, or no weights: nothing to say
+        return None
+    return None if file.is_file() else (url, file)
 
 
 # -- the whole recipe -----------------------------------------------------------------------
@@ -240,25 +306,105 @@ def validate(source: Source, registry: Registry) -> Recipe:
             try:
                 schedule = resolve(entry, rm.iterations)
             except ValueError as exc:
-                raise RecipeError(str(exc), source.where(("steps", index), **where)) from None
+                loc = source.where(("steps", index), **where)
+                raise RecipeError(_given(source, str(exc), loc, ("iterations",)), loc) from None
         params = _step_params(cls, entry)
         step = cls(params, index, schedule)
         try:
             step.bind(plan)
-            for head in step.heads:
+            for head in sorted(step.heads):
                 _check_head(model_def, info, head)
+                if head.startswith("layer:") and cls.kind is StepKind.OBJECTIVE and step.targets():
+                    raise RecipeError(
+                        f"'{head}' is a layer's activations, but {cls.name} aims at classes and reads class "
+                        f"scores: use head: logits" + (f" or one of the model's classifier heads "
+                                                      f"({', '.join(model_def.heads)})" if model_def.heads else ""),
+                        Location(key="head"))
         except RecipeError as exc:
             key = exc.location.key
             path = ("steps", index) + ((key,) if key else ())
-            raise RecipeError(exc.message, source.where(path, key=key, **where)) from None
+            loc = source.where(path, key=key, **where)
+            raise RecipeError(_given(source, exc.message, loc, ("iterations",), ("batch",), ("model",)), loc) from None
         kinds_seen[cls.kind] = kinds_seen.get(cls.kind, 0) + 1
         raw = {"step": cls.name, **data_i}
         specs.append(StepSpec(index, cls, params, schedule, raw))
         bound.append(step)
 
     _check_kinds(source, kinds_seen, specs)
+    _check_coverage(source, specs, rm.iterations)
+    _check_frames(source, rm, batch)
     _check_writers(source, registry, rm)
-    return Recipe(source, rm, model_def, spec, info, plan, specs, bound)
+    download = pending_download(registry, model_def, spec)
+    return Recipe(source, rm, model_def, spec, info, plan, specs, bound, download)
+
+
+def _given(source: Source, message: str, loc: Location, *causes: PathKey) -> str:
+    """``message``, plus the overrides of run-wide values (``--set iterations=2``) it depends on,
+    when the location names the recipe's line: the problem may be the override's, not the line's."""
+    if loc.file != source.file:
+        return message
+    labels = []
+    for key, label in source.overrides.items():
+        if any(key[:len(c)] == c for c in causes) and label not in labels:
+            labels.append(label)
+    return f"{message} (with {', '.join(labels)})" if labels else message
+
+
+def _check_coverage(source: Source, specs: list[StepSpec], iterations: int) -> None:
+    """Every iteration has an objective: the loop needs a loss to descend on."""
+    objectives = [s for s in specs if s.cls.kind is StepKind.OBJECTIVE and s.schedule is not None]
+    covered = bytearray(iterations)
+    for s in objectives:
+        window = range(s.schedule.start, min(s.schedule.stop, iterations), s.schedule.every)
+        covered[window.start:window.stop:window.step] = b"\x01" * len(window)
+    first = covered.find(0)
+    if first < 0:
+        return
+    if len(objectives) == 1:
+        only = objectives[0]
+        loc = source.where(("steps", only.index), step_index=only.index, step_name=only.cls.name)
+        whose = "its from/until/every leave"
+    else:
+        loc = source.where(("steps",), key="steps")
+        whose = "the from/until/every of all the objectives together leave"
+    raise RecipeError(_given(source, f"no objective is active at iteration {first}: {whose} it uncovered, and "
+                                     "every iteration needs a loss; widen a window or add an objective", loc,
+                             ("iterations",)), loc)
+
+
+#: the longest side of a video frame or grid.png the encoders and viewers take
+MAX_COMPOSED_SIDE = 16384
+
+
+def _check_frames(source: Source, rm: RecipeModel, batch: int) -> None:
+    """The video frame and grid.png a run composes stay within :data:`MAX_COMPOSED_SIDE`, however
+    large the image grows: a grid of too many columns or rows would kill the encoder mid-run."""
+    from pipeline_core.output.frames import MAX_FRAME_SIDE, auto_tile, columns_for
+    from pipeline_core.run.folder import MAX_GRID_SIDE
+
+    out = rm.output
+    checks = [(False, None, MAX_GRID_SIDE, "grid.png")]
+    if out.video:
+        checks.insert(0, (out.logits_panel, out.tile, MAX_FRAME_SIDE, "each video frame"))
+    pad = 2
+    for panel, tile, budget, what in checks:
+        cols = out.columns or columns_for(batch, panel)
+        rows = math.ceil(batch / cols)
+        side = tile or auto_tile(batch, 1 << 30, panel, out.columns, budget=budget) or budget
+        cell = side * (2 if panel else 1) + (pad if panel else 0)
+        width, height = cols * cell + (cols + 1) * pad, rows * side + (rows + 1) * pad
+        if max(width, height) <= MAX_COMPOSED_SIDE:
+            continue
+        if out.columns:
+            key, path = "output.columns", ("output", "columns")
+            fix = "give fewer output.columns" if width > height else "give more output.columns"
+        elif tile:
+            key, path, fix = "output.tile", ("output", "tile"), "give a smaller output.tile"
+        else:
+            key, path, fix = "batch", ("batch",), "give a smaller batch"
+        raise RecipeError(f"{what} would be {width}x{height} px (batch {batch}, {cols} columns of {side} px "
+                          f"tiles), more than the {MAX_COMPOSED_SIDE} px the video encoder and image viewers take; "
+                          f"{fix}", source.where(path, key=key))
 
 
 def _check_writers(source: Source, registry: Registry, rm: RecipeModel) -> None:

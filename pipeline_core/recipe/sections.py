@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline_core.step import MAX_SIDE
 
 MAX_BATCH = 4096
+#: the normalisation a model may ask for: (x - mean) / std stays far inside float32 within these
+MAX_MEAN = 1e4
+MIN_STD, MAX_STD = 1e-6, 1e4
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -43,6 +46,16 @@ class ModelSection(Section):
     def _positive(cls, value):
         if value is not None and any(v <= 0 for v in value):
             raise ValueError("every std must be positive")
+        if value is not None and any(not MIN_STD <= v <= MAX_STD for v in value):
+            raise ValueError(f"every std must lie in {MIN_STD:g}..{MAX_STD:g} (beyond, the normalised image "
+                             f"overflows 32-bit floats), got {list(value)}")
+        return value
+
+    @field_validator("mean")
+    @classmethod
+    def _bounded(cls, value):
+        if value is not None and any(abs(v) > MAX_MEAN for v in value):
+            raise ValueError(f"every mean must lie in -{MAX_MEAN:g}..{MAX_MEAN:g}, got {list(value)}")
         return value
 
 

@@ -45,8 +45,17 @@ class Source:
                 return self.overrides[path[:i]]
         return None
 
+    def overridden_below(self, path: PathKey) -> str | None:
+        """The latest override of a value inside ``path`` (a step's key set by ``--set`` makes a
+        problem of the whole step, such as a window that never runs)."""
+        path = tuple(path)
+        if len(path) < 2:  # the whole recipe or all its steps: an override inside proves nothing
+            return None
+        found = [label for key, label in self.overrides.items() if len(key) > len(path) and key[:len(path)] == path]
+        return found[-1] if found else None
+
     def where(self, path: PathKey, **extra: Any) -> Location:
-        cli = self.overridden(path)
+        cli = self.overridden(path) or self.overridden_below(path)
         if cli is not None:
             return Location(file=cli, **extra)
         return Location(file=self.file, line=self.line(path), **extra)
@@ -148,21 +157,21 @@ def _yaml_error(file: str, exc: yaml.YAMLError) -> RecipeError:
 
 def read_text(path: Path) -> str:
     shown = str(path)
-    if not path.exists():
-        raise RecipeError(f"no such recipe file: {shown}")
-    if path.is_dir():
-        raise RecipeError(f"{shown} is a folder, not a recipe file (or a run folder's run.json)")
-    if not path.is_file():  # /dev/zero would be read for ever
-        raise RecipeError(f"{shown} is not a regular file")
     try:
+        if not path.exists():
+            raise RecipeError(f"no such recipe file: {shown}")
+        if path.is_dir():
+            raise RecipeError(f"{shown} is a folder, not a recipe file (or a run folder's run.json)")
+        if not path.is_file():  # /dev/zero would be read for ever
+            raise RecipeError(f"{shown} is not a regular file")
         if path.stat().st_size > MAX_RECIPE_BYTES:
             raise RecipeError(f"{shown} holds {path.stat().st_size / 2**20:.1f} MiB; a recipe is a small text file "
                               f"(at most {MAX_RECIPE_BYTES // 2**20} MiB)")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise RecipeError("the recipe is not UTF-8 text", Location(file=shown)) from None
-    except OSError as exc:
-        raise RecipeError(f"cannot read the recipe: {exc.strerror}", Location(file=shown)) from None
+    except OSError as exc:  # a name too long, a folder on the way that may not be read
+        raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", Location(file=shown)) from None
 
 
 def load_yaml(text: str) -> Any:
@@ -189,6 +198,23 @@ def parse(text: str, file: str, base_dir: Path) -> Source:
     return Source(data=data, file=file, lines=lines, base_dir=base_dir)
 
 
+def expand_user(text: str, shown: str | None = None) -> Path:
+    """``~`` and ``~user`` expanded; RecipeError (not a crash) for a user this machine lacks."""
+    if "\x00" in text:
+        raise RecipeError(f"{shown or repr(text)}: the path holds a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser, or no home directory at all
+        user = text.split("/", 1)[0]
+        raise RecipeError(f"{shown or text}: '{user}' names no user's home folder on this machine; "
+                          "write the path out in full") from None
+
+
+def _index(part: str) -> Any:
+    """A list index in a dotted key: ASCII digits only (int() would take '²' and fail)."""
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 18 else part
+
+
 def parse_override(text: str) -> tuple[list[Any], Any]:
     """``a.b.2.c=value`` -> (["a", "b", 2, "c"], value read as YAML)."""
     if "=" not in text:
@@ -196,7 +222,9 @@ def parse_override(text: str) -> tuple[list[Any], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise RecipeError(f"--set {text}: the key is empty")
-    parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    parts: list[Any] = [_index(p) for p in key.strip().split(".")]
+    if any(p == "" for p in parts):
+        raise RecipeError(f"--set {text}: the key '{key.strip()}' has an empty part; write it like steps.2.sigma")
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -225,23 +253,51 @@ def _label(text: str) -> str:
 
 def apply_override(source: Source, text: str) -> None:
     label = _label(text)
-    parts, value = parse_override(text)
+    try:
+        parts, value = parse_override(text)
+    except RecipeError as exc:
+        if label.startswith("--set "):
+            raise
+        raise RecipeError(exc.message.replace(f"--set {text}", label, 1)) from None
     if not isinstance(source.data, dict):
         return
     target: Any = source.data
     for depth, part in enumerate(parts[:-1]):
+        where = ".".join(map(str, parts[: depth + 1]))
         if isinstance(target, dict):
-            target = target.setdefault(part, {})
-        elif isinstance(target, list) and isinstance(part, int) and part < len(target):
+            if part in target and not isinstance(target[part], (dict, list)) and target[part] is not None:
+                raise RecipeError(f"{label}: cannot set '{parts[depth + 1]}': '{where}' is {_kind(target[part])}, "
+                                  "which has no keys")
+            if target.get(part) is None:
+                target[part] = {}
             target = target[part]
+        elif isinstance(target, list):
+            target = target[_list_index(label, where, part, target)]
         else:
-            where = ".".join(map(str, parts[: depth + 1]))
             raise RecipeError(f"{label}: '{where}' does not exist in the recipe")
     last = parts[-1]
+    where = ".".join(map(str, parts))
     if isinstance(target, dict):
         target[last] = value
-    elif isinstance(target, list) and isinstance(last, int) and last < len(target):
-        target[last] = value
+    elif isinstance(target, list):
+        target[_list_index(label, where, last, target)] = value
     else:
         raise RecipeError(f"{label}: cannot set '{last}' there")
     source.overrides[tuple(parts)] = label
+
+
+def _kind(value: Any) -> str:
+    return {bool: "true or false", int: "a number", float: "a number", str: "a text"}.get(type(value), "a value")
+
+
+def _list_index(label: str, where: str, part: Any, items: list) -> int:
+    """The position ``part`` names in a list, or the one line saying why it names none."""
+    parent = where.rsplit(".", 1)[0] if "." in where else where
+    if not isinstance(part, int):
+        raise RecipeError(f"{label}: '{where}' does not exist in the recipe: '{parent}' is a list, so give a "
+                          f"position 0..{len(items) - 1} instead of '{part}'" if items else
+                          f"{label}: '{where}' does not exist in the recipe: '{parent}' is an empty list")
+    if part >= len(items):
+        span = f"positions 0..{len(items) - 1}" if items else "no positions (it is empty)"
+        raise RecipeError(f"{label}: '{where}' does not exist in the recipe: '{parent}' has {span}")
+    return part

@@ -5,15 +5,22 @@ every random generator, the iteration reached and which video segment comes next
 written atomically, so a crash while writing leaves the previous checkpoint intact. A resumed
 run writes its frames to a new segment; when it ends, the segments are joined into
 video.mp4 without re-encoding.
+
+A checkpoint carries the run id of the record it was written with: ``--resume`` continues only
+a checkpoint whose id is the run.json's, so a checkpoint left over from another run (or a
+file copied in from elsewhere) never continues under a different recipe. Whatever is read
+back is checked field by field before it is used: a foreign or tampered file is one clear
+error, not a crash in the middle of a run.
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import imageio_ffmpeg
 import numpy as np
@@ -39,10 +46,12 @@ class Checkpoint:
     segment: int
     wall_seconds: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
+    #: the run id of the record this checkpoint belongs to
+    run_id: str = ""
 
     @classmethod
     def capture(cls, ctx: "RunContext", steps: "list[Step]", iteration: int, segment: int,
-                wall_seconds: float) -> "Checkpoint":
+                wall_seconds: float, run_id: str = "") -> "Checkpoint":
         assert ctx.param is not None
         step_states = {}
         for step in steps:
@@ -58,6 +67,7 @@ class Checkpoint:
             segment=segment,
             wall_seconds=wall_seconds,
             state=_to_cpu(dict(ctx.state)),
+            run_id=run_id,
         )
 
     def restore(self, ctx: "RunContext", steps: "list[Step]") -> None:
@@ -98,16 +108,88 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     atomic_write_bytes(run_dir / FILE, buf.getvalue())
 
 
+#: a checkpoint larger than this is no checkpoint of a run this tool accepts (4096 images of 4096 px)
+MAX_BYTES = 64 * 2**30
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensors_only(value: Any, depth: int = 0) -> bool:
+    """Plain data and CPU tensors (what a step's state_dict holds), nothing deeper than 32."""
+    if depth > 32:
+        return False
+    if isinstance(value, (torch.Tensor, str, bool, int, float, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_tensors_only(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _tensors_only(v, depth + 1) for k, v in value.items())
+    return False
+
+
+_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "iteration": ("a whole number", lambda v: _is_int(v) and 0 <= v <= 10**9),
+    "image": ("a (batch, 3, height, width) float tensor",
+              lambda v: isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[1] == 3 and v.numel() > 0
+              and v.is_floating_point()),
+    "param": ("a mapping of names to tensors",
+              lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items())),
+    "steps": ("a mapping of step indices to states",
+              lambda v: isinstance(v, dict) and all(_is_int(k) for k in v) and _tensors_only(v)),
+    "generators": ("a mapping of step indices to generator states",
+                   lambda v: isinstance(v, dict) and all(_is_int(k) and isinstance(t, torch.Tensor)
+                                                         and t.dtype == torch.uint8 and t.dim() == 1
+                                                         for k, t in v.items())),
+    "segment": ("a whole number", lambda v: _is_int(v) and 0 <= v <= 10**6),
+    "wall_seconds": ("a number of seconds",
+                     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12),
+    "state": ("a mapping", lambda v: isinstance(v, dict) and _tensors_only(v)),
+    "run_id": ("a run id", lambda v: isinstance(v, str) and len(v) <= 200),
+}
+
+
+def _checked(path: Path, data: Any) -> Checkpoint:
+    """The checkpoint's fields, each of the type a run writes; RecipeError naming the first that is not."""
+    def refuse(why: str) -> RecipeError:
+        return RecipeError(f"the checkpoint {path} is not a checkpoint of this tool ({why}); start the run again")
+
+    if not isinstance(data, dict):
+        raise refuse(f"it holds a {type(data).__name__}, not a mapping")
+    missing = [k for k in ("iteration", "image", "param", "steps", "generators", "segment") if k not in data]
+    if missing:
+        raise refuse(f"no {', '.join(missing)}")
+    unknown = sorted(str(k)[:40] for k in data if k not in _FIELDS)
+    if unknown:
+        raise refuse(f"unknown field {unknown[0]!r}")
+    for key, value in data.items():
+        what, ok = _FIELDS[key]
+        if not ok(value):
+            raise refuse(f"'{key}' is not {what}")
+    if not bool(torch.isfinite(data["image"]).all()):
+        raise refuse("its image holds NaN or Inf")
+    return Checkpoint(**data)
+
+
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / FILE
     if not path.is_file():
         raise RecipeError(f"{run_dir} has no {FILE} to resume from (was the run interrupted, or already complete?)")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return Checkpoint(**data)
-    except Exception as exc:  # noqa: BLE001 - truncated, foreign or from an incompatible version
+        if path.stat().st_size > MAX_BYTES:
+            raise RecipeError(f"the checkpoint {path} is {path.stat().st_size / 2**30:.0f} GiB: not a checkpoint of "
+                              "this tool; start the run again")
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would be a second line
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except RecipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign (a pickle, not a zip) or from an incompatible version
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise RecipeError(f"the checkpoint {path} cannot be read ({first}); start the run again") from None
+    return _checked(path, data)
 
 
 def segments(run_dir: Path) -> list[Path]:

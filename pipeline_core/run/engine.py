@@ -22,17 +22,18 @@ from typing import Any, Iterator
 import torch
 
 from pipeline_core.context import RunContext
-from pipeline_core.errors import ModelLoadError, PipelineError, RunFailed
+from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError, RunFailed, did_you_mean
 from pipeline_core.model import ModelAdapter
 from pipeline_core.output.pump import FramePump
 from pipeline_core.parameterization import PixelImage
-from pipeline_core.recipe.loader import Recipe
+from pipeline_core.recipe.loader import Recipe, load_recipe
 from pipeline_core.registry import Registry
 from pipeline_core.run.checkpoint import Checkpoint, load_checkpoint
 from pipeline_core.run.device import pick_device
 from pipeline_core.run.faults import cpu_oom_message, cpu_out_of_memory, failure_line, gpu_oom_message, step_label
 from pipeline_core.run.folder import RunFolder
 from pipeline_core.run.interrupts import StopFlag, graceful_stop
+from pipeline_core.run.record import RunLock, read_record
 from pipeline_core.run.loop import Loop, StepGroups, emit
 from pipeline_core.run.progress import Progress
 from pipeline_core.step import StepKind
@@ -75,16 +76,86 @@ def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelA
     perf = recipe.model.performance
     try:
         module = recipe.model_def.build(recipe.model_spec)
+    except ModelLoadError as exc:
+        if recipe.download is not None:  # the weights had to be downloaded, and that failed: the run failed
+            raise RunFailed(exc.message, exc.location) from None
+        raise
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
         raise ModelLoadError(f"could not build model '{recipe.model_spec.name}': {exc}") from exc
+    _check_layers(recipe, module)
     return ModelAdapter(module, recipe.model_info, recipe.model_def.heads, sorted(heads), device,
                         precision=perf.precision, channels_last=perf.channels_last, compile=perf.compile)
 
 
-def load_resume(run_dir: Path) -> Checkpoint:
-    return load_checkpoint(run_dir)
+def _check_layers(recipe: Recipe, module: torch.nn.Module) -> None:
+    """A ``layer:NAME`` head names a layer of the model; which layers there are is known only
+    once the model is built, so this is checked here, pointing at the step that reads it."""
+    names: list[str] | None = None
+    for spec, step in zip(recipe.steps, recipe.steps_bound):
+        for head in sorted(step.heads):
+            if not head.startswith("layer:") or head in recipe.model_def.heads:
+                continue
+            if names is None:
+                names = [n for n, _ in module.named_modules() if n]
+            layer = head[len("layer:"):]
+            if layer in names:
+                continue
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise RecipeError(
+                f"model '{recipe.model_spec.name}' has no layer '{layer}'{did_you_mean(layer, names)} "
+                f"(its layers: {shown})",
+                recipe.source.where(("steps", spec.index, "head"), step_index=spec.index, step_name=spec.cls.name,
+                                    key="head"),
+            )
+
+
+def load_resume(run_dir: Path, recipe: Recipe | None = None) -> Checkpoint:
+    """The checkpoint of ``run_dir``, checked against its record (and against ``recipe``, the
+    record's recipe as loaded): it must carry the record's run id and fit the run."""
+    checkpoint = load_checkpoint(run_dir)
+    record = read_record(run_dir)
+    path = run_dir / "checkpoint.pt"
+    run_id = record.get("run_id")
+    if not checkpoint.run_id or not isinstance(run_id, str) or not run_id:
+        raise RecipeError(f"{path} cannot be matched to {run_dir / 'run.json'}: "
+                          f"{'the checkpoint' if not checkpoint.run_id else 'the record'} carries no run id "
+                          "(written by another version, or by hand); start the run again")
+    if checkpoint.run_id != run_id:
+        raise RecipeError(f"{path} belongs to another run (run id {checkpoint.run_id[:12]}, but run.json is run "
+                          f"{run_id[:12]}): it was left by an earlier run or copied in; start the run again")
+    if recipe is not None:
+        plan = recipe.plan
+        if checkpoint.iteration >= plan.iterations:
+            raise RecipeError(f"{path} is at iteration {checkpoint.iteration} but the run's record has only "
+                              f"{plan.iterations} iterations: the record or the checkpoint was changed; "
+                              "start the run again")
+        if checkpoint.image.shape[0] != plan.batch:
+            raise RecipeError(f"{path} holds {checkpoint.image.shape[0]} images but the run's record has a batch "
+                              f"of {plan.batch}: the record or the checkpoint was changed; start the run again")
+        indices = {s.index for s in recipe.steps}
+        stray = sorted(set(checkpoint.steps) - indices) + sorted(set(checkpoint.generators) - indices)
+        if stray:
+            raise RecipeError(f"{path} holds the state of step {stray[0]}, which the run's recipe does not have; "
+                              "start the run again")
+    return checkpoint
+
+
+def prepare_resume(run_dir: Path, registry: Registry, overrides: list[str] | None = None) -> tuple[Recipe, Checkpoint]:
+    """Everything ``--resume`` checks before the run starts: the folder holds a run record, its
+    recipe is valid, and its checkpoint belongs to it and fits it."""
+    if not run_dir.is_dir():
+        raise RecipeError(f"--resume {run_dir}: no such run folder")
+    if not (run_dir / "run.json").is_file():
+        raise RecipeError(f"--resume {run_dir}: the folder has no run.json, so it holds no run to continue")
+    record = read_record(run_dir)
+    if not isinstance(record.get("recipe"), dict):
+        raise RecipeError(f"{run_dir / 'run.json'} is not a run record: it holds no 'recipe' mapping")
+    if not (run_dir / "checkpoint.pt").is_file():
+        load_checkpoint(run_dir)  # the one clear line about a missing checkpoint
+    recipe = load_recipe(run_dir / "run.json", registry, overrides or [])
+    return recipe, load_resume(run_dir, recipe)
 
 
 class Run:
@@ -129,6 +200,18 @@ class Run:
             torch.set_num_threads(threads_before)  # the process's setting, for whatever runs next
 
     def _execute(self, t_start: float, stop: StopFlag) -> RunResult:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock: RunLock | None = RunLock.acquire(self.run_dir)
+        except OSError:  # a folder that cannot even hold the lock: writing run.json says why
+            lock = None
+        try:
+            return self._execute_locked(t_start, stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _execute_locked(self, t_start: float, stop: StopFlag) -> RunResult:
         folder = RunFolder(self.recipe, self.run_dir, self.device, self.targets, self.resume)
         try:
             folder.record.update()
@@ -230,7 +313,12 @@ class Run:
         param_steps = self.groups.by_kind[StepKind.PARAM]
         ctx.param = param_steps[0].step.build(ctx, image) if param_steps else PixelImage(image)
         if self.resume is not None:
-            self.resume.restore(ctx, self.steps)
+            try:
+                self.resume.restore(ctx, self.steps)
+            except Exception as exc:  # noqa: BLE001 - a checkpoint tampered with, or from another recipe
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise RecipeError(f"the checkpoint {self.run_dir / 'checkpoint.pt'} does not fit this run "
+                                  f"({type(exc).__name__}: {first}); start the run again") from None
             self.loop.done = self.resume.iteration
 
     # -- the end, whatever happened ---------------------------------------------------------

@@ -23,7 +23,7 @@ from pipeline_core.output.video import VideoWriter
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
 from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
-from pipeline_core.run.record import RunRecord, check_free_space, save_png, versions
+from pipeline_core.run.record import RunRecord, check_free_space, new_run_id, save_png, versions
 from pipeline_core.step import Step
 from pipeline_core.writers import FrameInfo, Writer
 
@@ -77,6 +77,8 @@ class RunFolder:
         source = Path(recipe.source.file)
         return {
             "status": "running",
+            # what a checkpoint must carry to be resumed under this record (a resume keeps it)
+            "run_id": self.resume.run_id if self.resume is not None else new_run_id(),
             "recipe_file": str(source.resolve()) if source.exists() else recipe.source.file,
             "recipe": resolved,
             "seed": recipe.plan.seed,
@@ -158,7 +160,8 @@ class RunFolder:
 
     def checkpoint(self, ctx: RunContext, steps: list[Step], done: int) -> None:
         save_checkpoint(self.run_dir, Checkpoint.capture(ctx, steps, done, self.segment,
-                                                         time.time() - self.record.started))
+                                                         time.time() - self.record.started,
+                                                         run_id=self.record.data["run_id"]))
         self.record.update(iterations_done=done, checkpoint={"file": "checkpoint.pt", "iteration": done})
 
     # -- the end ---------------------------------------------------------------------------

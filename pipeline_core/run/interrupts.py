@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM stop a run at the next iteration boundary, never in the middle of one.
+"""Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop a run at the next iteration boundary,
+never in the middle of one.
 
 The first signal sets a flag the loop reads between iterations, so the image, the optimiser
 state and every generator are consistent when the run saves its checkpoint and finishes its
@@ -15,7 +16,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: the signals that stop a run cleanly (SIGHUP: the terminal or the SSH session went away)
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class StopFlag:
@@ -59,7 +61,7 @@ def graceful_stop() -> Iterator[StopFlag]:
 
 @contextmanager
 def shielded() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM for the block (main thread only)."""
+    """Ignore the stopping signals for the block (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -69,3 +71,37 @@ def shielded() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+class StartupFlag:
+    """Which stopping signal arrived outside a run (None: none)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+
+@contextmanager
+def startup_signals() -> Iterator[StartupFlag]:
+    """Until a run installs :func:`graceful_stop`: SIGINT, SIGTERM and SIGHUP stop the command as a
+    Ctrl-C does (``KeyboardInterrupt``), so that a stop while it imports, validates or loads is
+    the same one line and exit code 130 whichever signal it was; the flag remembers it, for a
+    library that swallowed the interrupt and failed on in its own way (main thread only)."""
+    flag = StartupFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        flag.signal_name = flag.signal_name or name
+        raise KeyboardInterrupt(name)
+
+    old = {}
+    for s in SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT stay ignored
+            old[s] = signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)

@@ -3,19 +3,32 @@
 run.json is rewritten at the start, at every checkpoint and at the end, each time through a
 temporary file and a rename, so whatever moment a run is killed at, run.json is whole and says
 what happened.
+
+While a run owns its folder, the folder is locked (:class:`RunLock`): a second process that
+would write into it (a ``--resume`` of a run still going, a ``--force`` over it) is refused,
+naming the process that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import platform
+import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the lock falls back to the pid it holds
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -78,6 +91,8 @@ _WHY = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+    errno.ELOOP: "the path has a loop of symbolic links",
 }
 
 
@@ -85,33 +100,254 @@ def _why(exc: OSError) -> str:
     return _WHY.get(exc.errno or 0, exc.strerror or str(exc))
 
 
+def new_run_id() -> str:
+    """The id a run's record and its checkpoints share, so a checkpoint proves whose it is."""
+    return uuid.uuid4().hex
+
+
+# -- the lock --------------------------------------------------------------------------------
+
+LOCK = ".lock"
+
+#: run folders this process holds, with how many holders (the lock is re-entrant in a process)
+_held: dict[Path, "RunLock"] = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lock_owner(path: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file; None if it holds anything else."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[:200]
+    except OSError:
+        return None
+    found = re.fullmatch(r"\s*(\d{1,10})(?:\s+(\S+))?\s*", text)
+    if not found:
+        return None
+    return int(found.group(1)), found.group(2) or ""
+
+
+class RunLock:
+    """The lock of one run folder: the file ``.lock`` holding the owner's pid.
+
+    On POSIX the file is also ``flock``-ed for as long as the run holds it, so a run that died
+    without removing it (a kill, a power cut) leaves a stale lock the next run recognises and
+    takes over; the pid in it is what a refusal names. Re-entrant within a process: the CLI
+    holds the lock from before ``--force`` clears the folder, and the run holds it again.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.fd: int | None = None
+        self.count = 0
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> "RunLock":
+        key = Path(os.path.abspath(run_dir))
+        held = _held.get(key)
+        if held is not None:
+            held.count += 1
+            return held
+        lock = cls(run_dir)
+        lock._take()
+        lock.count = 1
+        _held[key] = lock
+        return lock
+
+    def _refuse(self, pid: int | None, host: str = "") -> OutputError:
+        who = f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else "another process"
+        return OutputError(f"the run folder {self.run_dir} is in use by {who} (a run still going); wait for it to "
+                           f"end or stop it, or --out another folder (a stale {self.path} of a dead process is "
+                           "taken over by itself)")
+
+    def _take(self) -> None:
+        mine = f"{os.getpid()} {socket.gethostname()}\n".encode()
+        for _attempt in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                            raise
+                        owner = _lock_owner(self.path)
+                        raise self._refuse(*(owner or (None,))) from None
+                else:  # no flock: the pid decides
+                    owner = _lock_owner(self.path)
+                    if owner and owner[0] != os.getpid() and _pid_alive(owner[0]):
+                        raise self._refuse(*owner)
+                # the file may have been removed (its holder ended) between open and flock
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, mine, 0)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            self.fd = fd
+            return
+        raise self._refuse(None)
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count > 0:
+            return
+        _held.pop(Path(os.path.abspath(self.run_dir)), None)
+        if self.fd is None:
+            return
+        try:
+            owner = _lock_owner(self.path)
+            if owner is not None and owner[0] == os.getpid():
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[RunLock]:
+    """Hold the lock of ``run_dir`` (made if missing) for the block."""
+    make_folder(run_dir)
+    lock = RunLock.acquire(run_dir)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# -- the folder ------------------------------------------------------------------------------
+
+
+def make_folder(path: Path) -> None:
+    """The run folder, made if missing; OutputError if it cannot be."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path} is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to the run folder {path}: {_why(exc)}") from None
+
+
+def _contents(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.name != LOCK]
+
+
+#: what a run writes into its folder, besides the files its record lists
+_RUN_FILES = ("run.json", "checkpoint.pt", "video.mp4", "evaluation.json")
+_RUN_PATTERNS = (".video*", ".run.json.*.tmp", ".checkpoint.pt.*.tmp", ".evaluation.json.*.tmp", ".video.mp4.*")
+_IMAGE_NAME = re.compile(r"(\d{3}_[a-z0-9-]+|grid)\.png")
+
+
+def clear_old_run(path: Path) -> None:
+    """Remove every file an earlier run left in ``path`` (for ``--force``): its record, checkpoint,
+    video and its segments, images and what its writers listed. Files that are not a run's stay."""
+    root = path.resolve()
+    doomed: set[Path] = set()
+    try:
+        record = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    listed = record.get("files") if isinstance(record, dict) else None
+    for name in listed if isinstance(listed, list) else []:
+        if isinstance(name, str) and name:
+            target = (path / name).resolve()
+            if target != root and root in target.parents and target.name != LOCK:
+                doomed.add(target)
+    doomed.update(path / name for name in _RUN_FILES)
+    for pattern in _RUN_PATTERNS:
+        doomed.update(path.glob(pattern))
+    images = path / "images"
+    if images.is_dir():
+        doomed.update(p for p in images.iterdir() if _IMAGE_NAME.fullmatch(p.name) or p.name.endswith(".png.tmp"))
+        doomed.update(images.glob(".*.tmp"))
+    try:
+        for target in doomed:
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+        if images.is_dir() and not any(images.iterdir()):
+            images.rmdir()
+    except OSError as exc:
+        raise OutputError(f"--force cannot remove the old run's files in {path}: {_why(exc)}") from None
+
+
 def prepare_run_dir(path: Path, force: bool) -> Path:
-    """Make the run folder, refusing to overwrite a non-empty one unless ``force``.
+    """Make the run folder, refusing to overwrite a non-empty one unless ``force``; with it, the
+    old run's files are removed first, so nothing of it (a checkpoint, video segments, images)
+    mixes with the new run.
 
     A folder the run cannot write to is found here, by writing a probe file, before any model
-    is loaded, rather than at the first checkpoint or at the end.
+    is loaded, rather than at the first checkpoint or at the end. The folder's lock is held
+    meanwhile (a run still going in it is refused, not cleared).
     """
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"--out {path} is a file, not a folder")
     try:
-        taken = path.exists() and any(path.iterdir())
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path} is a file, not a folder")
+        taken = path.exists() and bool(_contents(path))
     except OSError as exc:
         raise OutputError(f"cannot read the run folder {path}: {_why(exc)}") from None
     if taken and not force:
         raise OutputError(f"the run folder {path} is not empty; pass --force to overwrite it or --out another folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+    with run_lock(path):
+        if taken:
+            clear_old_run(path)
         try:
-            with open(probe, "wb") as fh:
-                fh.write(b"0" * 65536)
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write to the run folder {path}: {_why(exc)}") from None
+            probe = path / ".write-test"
+            try:
+                with open(probe, "wb") as fh:
+                    fh.write(b"0" * 65536)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write to the run folder {path}: {_why(exc)}") from None
     return path
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: its folder is missing or
+    read-only, or the path is a folder."""
+    shown = f"{option} {path}"
+    if not str(path).strip():
+        raise OutputError(f"{option} is empty: give a file name")
+    if path.is_dir():
+        raise OutputError(f"{shown} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"{shown}: the folder {parent} does not exist; make it first or write somewhere else")
+    if not parent.is_dir():
+        raise OutputError(f"{shown}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{shown}: permission denied; write somewhere else")
 
 
 def check_free_space(path: Path, need: int) -> None:
@@ -131,10 +367,32 @@ def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
     """runs/NAME, or runs/NAME-2, -3... : a new folder that is not there yet or is empty."""
     candidate = root / name
     n = 2
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.exists() and (not candidate.is_dir() or _contents(candidate)):
         candidate = root / f"{name}-{n}"
         n += 1
     return candidate
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """A run folder's run.json as a mapping; RecipeError (one line) if it is not a run record."""
+    from pipeline_core.errors import RecipeError
+
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise RecipeError(f"{run_dir} holds no run: it has no run.json")
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            raise RecipeError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB: not a run record")
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not a run record (not UTF-8 text)") from None
+    except (ValueError, RecursionError) as exc:
+        raise RecipeError(f"{path} is not a run record (not JSON: {str(exc)[:120]})") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read {path}: {_why(exc)}") from None
+    if not isinstance(record, dict):
+        raise RecipeError(f"{path} is not a run record (it holds a {type(record).__name__}, not a mapping)")
+    return record
 
 
 class RunRecord:
