@@ -292,7 +292,8 @@ def test_installed_example_package_is_listed_by_the_cli():
     assert plugins.returncode == 0, plugins.stderr
     data = {p["name"]: p for p in json.loads(plugins.stdout)}["efficientnet"]
     assert (data["package"], data["version"], data["problems"]) == ("pipeline-efficientnet", version, [])
-    assert data["registers"] == ["step total-variation", "model efficientnet-lite0", "writer gif"]
+    assert data["registers"] == ["step total-variation", "model efficientnet-lite0", "model efficientnet-lite1",
+                                 "model efficientnet-lite2", "writer gif"]
     steps = run_cli("steps", env=env)
     assert "total-variation  [objective]  from efficientnet" in steps.stdout
     assert "    weight " in steps.stdout.split("total-variation  [objective]")[1]

