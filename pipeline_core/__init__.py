@@ -10,6 +10,14 @@ plugins) and ``commands`` (the command line).
 
 __version__ = "0.1.0"
 
-from pipeline_core.hookspecs import API_VERSION, hookimpl  # noqa: E402
-
 __all__ = ["API_VERSION", "hookimpl", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # imported on first use: starting the command imports this package before it can catch a
+    # Ctrl-C, so the package itself imports nothing (pluggy and the hooks come with the CLI)
+    if name in ("API_VERSION", "hookimpl"):
+        from pipeline_core import hookspecs
+
+        return getattr(hookspecs, name)
+    raise AttributeError(f"module 'pipeline_core' has no attribute {name!r}")
