@@ -470,7 +470,7 @@ def report(result: dict[str, Any]) -> None:
     judges = [j for j in scores if j not in (GENERATOR_LABEL, "mean of judges")]
     print("\n| class | " + " | ".join(f"{j} top-1/top-5/p" for j in judges) + " |")
     print("|---|" + "---:|" * len(judges))
-    for c in [c["name"] for c in result["classes"]]:
+    for c in dict.fromkeys(c["name"] for c in result["classes"]):
         cells = []
         for j in judges:
             t = scores[j]["per_class"].get(c)
