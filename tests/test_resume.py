@@ -176,6 +176,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "phase-image": {"step": "phase-image", "noise": 0.1},
     "crops": {"step": "crops", "views": 2, "size": 24},
     "nadam": {"step": "nadam", "lr": 0.03},
+    "keep-photo": {"step": "keep-photo", "weight": 50.0, "sigma": 1.0},
 }
 
 

@@ -302,7 +302,7 @@ def test_a_stop_while_starting_up_is_one_line_and_130(sig, delays, hold_env, tmp
         lines = [ln for ln in err.splitlines() if ln.strip()]
         # 130, or (rarely, a Ctrl-C inside the interpreter's own start-up) killed by SIGINT, which a
         # shell reports as the same 130
-        assert proc.returncode in (130, -signal.SIGINT if sig == signal.SIGINT else 130), (delay, err)
+        assert proc.returncode in (130, -signal.SIGINT if sig == signal.SIGINT else 130), (delay, proc.returncode, err)
         assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("interrupted"), (delay, err)
 
 
