@@ -29,17 +29,10 @@ class NAdam(Adam):
     name = "nadam"
     Params = NAdamParams
 
-    def _optimizer(self, params) -> torch.optim.Optimizer:
-        if self.optimizer is None or len(params) != len(self._for) or any(a is not b for a, b in zip(params, self._for)):
-            p = self.params
-            self.optimizer = torch.optim.NAdam(params, lr=p.lr, betas=p.betas, eps=p.eps,
-                                               weight_decay=p.weight_decay, momentum_decay=p.momentum_decay,
-                                               foreach=False)
-            self._for = list(params)
-            if self._pending is not None:
-                self.optimizer.load_state_dict(self._pending)
-                self._pending = None
-        return self.optimizer
+    def _make(self, params) -> torch.optim.Optimizer:
+        p = self.params
+        return torch.optim.NAdam(params, lr=p.lr, betas=p.betas, eps=p.eps, weight_decay=p.weight_decay,
+                                 momentum_decay=p.momentum_decay, foreach=False)
 
 
 @hookimpl

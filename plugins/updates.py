@@ -84,16 +84,18 @@ class Adam(Step):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.optimizer: torch.optim.Adam | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self._for: list[torch.Tensor] = []
         self._pending: dict | None = None
 
-    def _optimizer(self, params) -> torch.optim.Adam:
+    def _make(self, params) -> torch.optim.Optimizer:
+        p = self.params
+        return torch.optim.Adam(params, lr=p.lr, betas=p.betas, eps=p.eps, weight_decay=p.weight_decay, foreach=False)
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer is None or len(params) != len(self._for) or any(a is not b for a, b in zip(params, self._for)):
-            p = self.params
             # a resized image is a new tensor: its moments start afresh
-            self.optimizer = torch.optim.Adam(params, lr=p.lr, betas=p.betas, eps=p.eps, weight_decay=p.weight_decay,
-                                              foreach=False)
+            self.optimizer = self._make(params)
             self._for = list(params)
             if self._pending is not None:
                 self.optimizer.load_state_dict(self._pending)
