@@ -27,7 +27,14 @@ loads).
 Changes: 1.1 made public what plugins were already told to use (:mod:`pipeline_core.context`,
 :mod:`pipeline_core.parameterization`, :mod:`pipeline_core.registry`), added
 ``step.MAX_SIDE``, ``context.to_device``, ``ModelOutput.per_image`` (view steps that show the
-model several views of each image) and ``testing.installed_registry``.
+model several views of each image) and ``testing.installed_registry``. 1.2 opened the inside of the model to objectives: a step
+that lists ``model.layer_head(PATH)`` in its ``heads`` reads that module's output with
+``ModelOutput.layer(PATH)`` (``model.LAYER_PREFIX``, ``model.layer_paths``; only the layers in
+use are hooked), ``objectives.LayerObjective`` and ``LayerParams`` (weight, sign, images, a
+channel check before the first iteration; ``Indices`` and ``index_list`` for ``0-15`` ranges),
+``ModelAdapter.layer_shapes``, the optional ``ModelDef.skeleton`` (the architecture without
+weights, so validation checks layer paths offline), an optional ``head_key`` method on steps
+(the recipe key a wrong layer path is reported on) and ``testing.TINY_LAYERS``.
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -46,7 +53,7 @@ if TYPE_CHECKING:
 
 PROJECT = "pipeline_core"
 ENTRY_POINT_GROUP = "pipeline_core.plugins"
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 #: What a plugin may import, by module: the promise above, as data (a test imports every name
 #: from its module and checks that no module offers more).
@@ -56,9 +63,10 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
                                 "register_steps", "register_models", "register_outputs"),
     "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
     "pipeline_core.context": ("RunContext", "step_seed", "to_device"),
-    "pipeline_core.model": ("HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput", "ModelAdapter"),
+    "pipeline_core.model": ("LAYER_PREFIX", "HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput",
+                            "ModelAdapter", "layer_head", "layer_paths"),
     "pipeline_core.objectives": ("ClassRef", "Targets", "ClassParams", "ClassObjective", "resolve_classes",
-                                 "list_len", "l1_image"),
+                                 "list_len", "l1_image", "Indices", "index_list", "LayerParams", "LayerObjective"),
     "pipeline_core.parameterization": ("Parameterization", "PixelImage", "FourierImage", "colour_mixing_matrix",
                                        "spectrum_scale", "IMAGENET_RGB_EIGENVALUES", "IMAGENET_RGB_EIGENVECTORS"),
     "pipeline_core.writers": ("FrameInfo", "Writer", "grid", "write_atomically"),
@@ -67,7 +75,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
                              "PluginError", "Location", "closest", "did_you_mean"),
     "pipeline_core.testing": ("check_step", "registered", "run_recipe_dict", "tiny_recipe", "make_registry",
                               "plugin_manager", "installed_registry", "isolated_registry", "isolated_plugin_manager",
-                              "tiny_model_def", "TinyNet", "TINY_MODEL", "TINY_CLASSES", "TINY_SIZE"),
+                              "tiny_model_def", "TinyNet", "TINY_MODEL", "TINY_CLASSES", "TINY_SIZE", "TINY_LAYERS"),
 }
 __all__ = list(PUBLIC_API["pipeline_core.hookspecs"])
 

@@ -4,10 +4,16 @@ The image a run optimises is always RGB in [0, 1]. The adapter is the only place
 the model's input size and normalisation, so no step has to. It also exposes *heads* other
 than the logits (InceptionV3's auxiliary classifier, any named layer's activations) through
 forward hooks, in eval mode, without touching the model's ``forward``.
+
+Any module of the model is a head by its path: ``layer:features.14.conv.0`` (see
+:func:`layer_head`). Only the layers some step asks for are hooked, and what the hooks keep is
+dropped at the end of each forward pass, so a run never holds a layer's activations longer
+than the iteration that made them.
 """
 
 from __future__ import annotations
 
+import difflib
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,13 +27,51 @@ from pipeline_core.errors import ModelLoadError
 
 
 __all__ = [
+    "LAYER_PREFIX",
     "HeadDef",
     "ModelInfo",
     "ModelSpec",
     "ModelDef",
     "ModelOutput",
     "ModelAdapter",
+    "layer_head",
+    "layer_paths",
 ]
+
+#: a head named ``layer:PATH`` is the output of the module at ``PATH`` (``model.get_submodule``)
+LAYER_PREFIX = "layer:"
+
+
+def layer_head(path: str) -> str:
+    """The head name a step lists in ``heads`` to read the output of the module at ``path``."""
+    return LAYER_PREFIX + path
+
+
+def layer_paths(module: nn.Module) -> list[str]:
+    """Every module path of ``module`` that a ``layer:`` head may name, in definition order."""
+    return [name for name, _ in module.named_modules() if name]
+
+
+def _skeleton_layers(model: "ModelDef", spec: "ModelSpec") -> list[str] | None:
+    """The model's layer paths from its skeleton built on the meta device (no memory, no weights,
+    a few milliseconds), or None when the model has no skeleton or it cannot be built so."""
+    if model.skeleton is None:
+        return None
+    try:
+        with torch.device("meta"):
+            return layer_paths(model.skeleton(spec))
+    except Exception:  # noqa: BLE001 - the check then happens when the model is built
+        return None
+
+
+def _unknown_layer(model: str, path: str, names: Sequence[str]) -> str:
+    """The message for a layer path the model lacks: the nearest paths, or where to see them all."""
+    near = difflib.get_close_matches(path, list(names), n=3, cutoff=0.5)
+    if not near:  # a path one level too deep or too shallow: its neighbours by prefix
+        stem = path.rsplit(".", 1)[0]
+        near = [n for n in names if n.startswith(stem)][:3]
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    return f"model '{model}' has no layer '{path}'{hint} (all of them: pipeline layers {model})"
 
 @dataclass(frozen=True)
 class HeadDef:
@@ -69,6 +113,11 @@ class ModelDef:
     ``build(spec)`` returns the ``nn.Module`` with its weights loaded; it is called only when
     a recipe uses the model. ``info`` (or a zero-argument callable returning it) gives the
     default preprocessing and class names; a recipe's ``model:`` keys override them.
+
+    ``skeleton(spec)``, optional (API 1.2), returns the same architecture *without* loading
+    weights (random or none). It must be cheap: ``pipeline validate`` calls it under
+    ``torch.device("meta")`` to check the layer paths a recipe names, and ``pipeline layers``
+    runs it once on a small input to list the layers' shapes, both without a download.
     """
 
     name: str
@@ -76,6 +125,7 @@ class ModelDef:
     info: ModelInfo | Callable[[], ModelInfo]
     heads: dict[str, HeadDef] = field(default_factory=dict)
     description: str = ""
+    skeleton: Callable[[ModelSpec], nn.Module] | None = None
 
     def describe(self, spec: ModelSpec) -> ModelInfo:
         base = self.info() if callable(self.info) else self.info
@@ -98,6 +148,15 @@ class ModelOutput:
 
     def head(self, name: str) -> torch.Tensor:
         return self.logits if name == "logits" else self.heads[name]
+
+    def layer(self, path: str) -> torch.Tensor:
+        """The output of the module at ``path`` (float32, per image), for a step whose ``heads``
+        include ``layer_head(path)``; a KeyError names the fix for one that forgot to."""
+        try:
+            return self.heads[layer_head(path)]
+        except KeyError:
+            raise KeyError(f"layer '{path}' was not captured: list layer_head('{path}') in the step's "
+                           "'heads'") from None
 
     def per_image(self, batch: int) -> "ModelOutput":
         """Each image's outputs averaged over its views.
@@ -184,26 +243,55 @@ class ModelAdapter:
         self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1)
         self.size = info.size
-        self._captured: dict[str, torch.Tensor] = {}
+        self._captured: dict[str, Any] = {}
+        self._hooked: set[str] = set()
+        self._shapes: dict[str, tuple[int, ...]] | None = None
         self._heads: dict[str, tuple[str, nn.Module | None]] = {}
         for name in requested:
             self._add_head(name, (heads or {}).get(name))
         self._forward = torch.compile(module) if compile else module
 
     def _add_head(self, name: str, spec: HeadDef | None) -> None:
-        if spec is None and name.startswith("layer:"):
-            spec = HeadDef(layer=name[len("layer:"):])
+        if spec is None and name.startswith(LAYER_PREFIX):
+            spec = HeadDef(layer=name[len(LAYER_PREFIX):])
         if spec is None:
             raise ModelLoadError(f"the model has no head '{name}'")
         layer = _submodule(self.module, spec.layer)
         head = _submodule(self.module, spec.head) if spec.head else None
         key = spec.layer
+        if key not in self._hooked:  # one hook per layer, however many heads read it
 
-        def keep(_mod: nn.Module, _inp: Any, output: torch.Tensor) -> None:
-            self._captured[key] = output
+            def keep(_mod: nn.Module, _inp: Any, output: Any) -> None:
+                self._captured[key] = output
 
-        layer.register_forward_hook(keep)
+            layer.register_forward_hook(keep)
+            self._hooked.add(key)
         self._heads[name] = (key, head)
+
+    def _feature(self, key: str) -> torch.Tensor:
+        try:
+            feats = self._captured[key]
+        except KeyError:
+            raise ModelLoadError(f"layer '{key}' did not run in the model's forward pass (in eval mode); "
+                                 "choose a layer that does (see 'pipeline layers')") from None
+        if not isinstance(feats, torch.Tensor):
+            raise ModelLoadError(f"layer '{key}' returns a {type(feats).__name__}, not a tensor; "
+                                 "name one of its sub-modules instead (see 'pipeline layers')")
+        return feats
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per hooked layer, the shape of one image's activations (C, H, W) at the model's input size.
+
+        Found once, by one forward pass without gradients on a grey image, and cached: steps
+        check a channel or a position against it in ``setup``, before the first iteration.
+        """
+        if self._shapes is None:
+            side = self.size or 224
+            with torch.no_grad():
+                out = self(torch.full((1, 3, side, side), 0.5, device=self.device))
+            self._shapes = {name[len(LAYER_PREFIX):]: tuple(t.shape[1:]) for name, t in out.heads.items()
+                            if name.startswith(LAYER_PREFIX)}
+        return self._shapes
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Resize to the model's input size and normalise; differentiable."""
@@ -219,13 +307,15 @@ class ModelAdapter:
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         )
-        with autocast:
-            logits = self._forward(x)
-            heads = {}
-            for name, (key, head) in self._heads.items():
-                feats = self._captured[key]
-                heads[name] = head(feats) if head is not None else feats
-            self._captured.clear()
+        try:
+            with autocast:
+                logits = self._forward(x)
+                heads = {}
+                for name, (key, head) in self._heads.items():
+                    feats = self._feature(key)
+                    heads[name] = head(feats) if head is not None else feats
+        finally:
+            self._captured.clear()  # nothing a hook kept outlives the forward pass
         if isinstance(logits, tuple):  # a model in an unexpected mode returning (logits, aux)
             logits = logits[0]
         return ModelOutput(logits.float(), {k: v.float() for k, v in heads.items()})

@@ -27,7 +27,9 @@ What is here, and why:
 - :func:`run_recipe_dict` and :func:`tiny_recipe`: run a recipe given as a dict on the CPU
   with a 10-class random model at 32 px, in about a second;
 - :func:`check_step`: the contract every step should meet (parameters, schedule handling,
-  device, dtype and batch preservation, determinism).
+  device, dtype and batch preservation, determinism); an objective that reads a layer
+  (``heads`` with ``model.layer_head(PATH)``) gets that layer hooked on the tiny model, whose
+  layers and shapes are :data:`TINY_LAYERS`.
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ __all__ = [
     "TINY_MODEL",
     "TINY_CLASSES",
     "TINY_SIZE",
+    "TINY_LAYERS",
 ]
 
 TINY_CLASSES = tuple(f"class {i}" for i in range(10))
 TINY_SIZE = 32
+#: the tiny model's layers a layer objective can read, with one image's output shape at 32 px;
+#: ``check_step(MyObjective, {"layer": "features.2", ...})`` exercises a layer plugin on it
+TINY_LAYERS = {"features.0": (8, 32, 32), "features.1": (8, 32, 32), "features.2": (8, 32, 32),
+               "features.3": (16, 16, 16), "features.4": (16, 16, 16), "features.5": (16, 1, 1), "fc": (10,)}
 
 
 class TinyNet(nn.Module):
@@ -91,6 +98,7 @@ class TinyNet(nn.Module):
 TINY_MODEL = ModelDef(
     name="tiny-test-model",
     build=lambda spec: TinyNet(),
+    skeleton=lambda spec: TinyNet(),
     info=ModelInfo(categories=TINY_CLASSES, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=TINY_SIZE),
     description="a tiny random 10-class model for tests",
 )

@@ -99,6 +99,14 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
         ) from None
 
 
+def skeleton(name: str, spec: ModelSpec) -> nn.Module:
+    """The architecture :func:`build` gives, with random weights: layer paths and shapes without a download."""
+    kwargs = _local_kwargs(name, spec) if spec.weights is not None else dict(spec.kwargs)
+    if name in HEADS:
+        kwargs.setdefault("init_weights", False)
+    return get_model(name, weights=None, **kwargs)
+
+
 def model_defs() -> list[ModelDef]:
     defs = []
     for name in list_models(module=torchvision.models):
@@ -109,6 +117,7 @@ def model_defs() -> list[ModelDef]:
                 info=functools.partial(_default_info, name),
                 heads=HEADS.get(name, {}),
                 description=f"torchvision {name}, ImageNet-1k weights",
+                skeleton=functools.partial(skeleton, name),
             )
         )
     return defs

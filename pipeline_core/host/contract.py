@@ -119,7 +119,8 @@ def _context(step_cls: type, own: Any, device: torch.device, batch: int = 2):
     plan = Plan(iterations=4, batch=batch, categories=list(TINY_CLASSES), model_name=TINY_MODEL.name,
                 model_size=TINY_SIZE, seed=0)
     step.bind(plan)
-    adapter = ModelAdapter(TinyNet(), TINY_MODEL.info, device=device)
+    heads = sorted(h for h in step.heads if h != "logits")  # a layer objective's layers get hooked
+    adapter = ModelAdapter(TinyNet(), TINY_MODEL.info, TINY_MODEL.heads, heads, device=device)
     ctx = RunContext(plan=plan, device=device, model=adapter)
     step.setup(ctx)
     return step, ctx

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ValidationError, create_model
 
 from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
-from pipeline_core.model import ModelDef, ModelInfo, ModelSpec
+from pipeline_core.model import ModelDef, ModelInfo, ModelSpec, _skeleton_layers, _unknown_layer
 from pipeline_core.recipe.messages import describe, raise_validation
 from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.schedule import Schedule, ScheduleFields, resolve
@@ -298,6 +298,7 @@ def validate(source: Source, registry: Registry) -> Recipe:
 
     specs: list[StepSpec] = []
     bound: list[Step] = []
+    skeleton: list[str] | None = None  # the model's layer paths, found once if a step names a layer
     kinds_seen: dict[StepKind, int] = {}
     for index, (cls, data_i, entry) in enumerate(checked):
         where = {"step_index": index, "step_name": cls.name}
@@ -314,6 +315,12 @@ def validate(source: Source, registry: Registry) -> Recipe:
             step.bind(plan)
             for head in sorted(step.heads):
                 _check_head(model_def, info, head)
+                if head.startswith("layer:") and head not in model_def.heads:  # a wrong path, found offline
+                    if skeleton is None:
+                        skeleton = _skeleton_layers(model_def, spec) or []
+                    if skeleton and head[len("layer:"):] not in skeleton:
+                        key = step.head_key(head) if hasattr(step, "head_key") else "head"
+                        raise RecipeError(_unknown_layer(spec.name, head[len("layer:"):], skeleton), Location(key=key))
                 if head.startswith("layer:") and cls.kind is StepKind.OBJECTIVE and step.targets():
                     raise RecipeError(
                         f"'{head}' is a layer's activations, but {cls.name} aims at classes and reads class "
