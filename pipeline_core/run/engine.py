@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import torch
 
 from pipeline_core.context import RunContext
-from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError, RunFailed, did_you_mean
-from pipeline_core.model import ModelAdapter
+from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError, RunFailed
+from pipeline_core.model import ModelAdapter, _unknown_layer
 from pipeline_core.output.pump import FramePump
 from pipeline_core.parameterization import PixelImage
 from pipeline_core.recipe.loader import Recipe, load_recipe
@@ -102,12 +102,11 @@ def _check_layers(recipe: Recipe, module: torch.nn.Module) -> None:
             layer = head[len("layer:"):]
             if layer in names:
                 continue
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            key = step.head_key(head) if hasattr(step, "head_key") else "head"  # a layer objective's own key
             raise RecipeError(
-                f"model '{recipe.model_spec.name}' has no layer '{layer}'{did_you_mean(layer, names)} "
-                f"(its layers: {shown})",
-                recipe.source.where(("steps", spec.index, "head"), step_index=spec.index, step_name=spec.cls.name,
-                                    key="head"),
+                _unknown_layer(recipe.model_spec.name, layer, names),
+                recipe.source.where(("steps", spec.index, key), step_index=spec.index, step_name=spec.cls.name,
+                                    key=key),
             )
 
 
