@@ -5,7 +5,8 @@ The package's face is the plugin API: the top-level modules listed in
 models, objectives, image parameterisations, writers, the registry, errors and the testing
 kit). The sub-packages are the host's own rooms, private to it: ``recipe`` (reading and
 validating recipes), ``run`` (the engine), ``output`` (frames and video), ``host`` (loading
-plugins) and ``commands`` (the command line).
+plugins), ``commands`` (the command line) and ``sweep`` (one recipe over many settings,
+shared among torchrun's processes).
 """
 
 __version__ = "0.1.0"

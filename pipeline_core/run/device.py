@@ -29,3 +29,18 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise RecipeError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
+
+
+def rank_device(name: str, local_rank: int) -> torch.device:
+    """The device of one process of a sweep started by torchrun: ``auto`` and ``cuda`` mean the
+    card numbered by its LOCAL_RANK (one card per process on each machine), so that a sweep's
+    processes never share a card by accident; anything else is taken as :func:`pick_device` takes it."""
+    name = (name or "auto").strip().lower()
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise RecipeError(f"process {local_rank} on this machine would use cuda:{local_rank}, but it has "
+                              f"{count} CUDA device(s): start at most {count} processes per machine "
+                              "(torchrun --nproc-per-node)")
+        return torch.device("cuda", local_rank)
+    return pick_device(name)

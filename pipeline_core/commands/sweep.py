@@ -1,0 +1,141 @@
+"""``pipeline sweep FILE``: a recipe over the product of a few settings, alone or under torchrun.
+
+The steps, on every rank: read the sweep file, plan the jobs and batches (:mod:`.sweep.plan`),
+pick the rank's device, agree with the other ranks on the plan and on ``batch: auto``
+(:mod:`.sweep.shard`), run the rank's batches (:mod:`.sweep.runner`), and say it is finished.
+Rank 0 also draws the overall bar, keeps sweep.json current, and at the end draws the contact
+sheets and reports. Exit codes as ``pipeline run``: 0 every job completed, 1 some batch failed
+(the others ran), 2 an invalid sweep file or option, 130 interrupted (start it again to go on).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline_core.errors import RecipeError
+from pipeline_core.sweep import index as sweep_index
+
+
+def _batch_size(spec: Any, plan: Any, sweep_dir: Path, registry: Any, sets: Sequence[str], device: Any,
+                force: bool) -> tuple[int | None, dict | None]:
+    """This rank's batch size for the per-image axes: the file's number, or for ``auto`` the one a
+    previous start of this sweep settled on (so its batches are found again), or a probe's."""
+    if not any(a.per_image for a in plan.axes):
+        return None, None
+    if isinstance(spec.batch, int):
+        return spec.batch, None
+    old = sweep_index.read_index(sweep_dir) or {}
+    if not force and isinstance(old.get("batch"), int) and old.get("batch_auto"):
+        return old["batch"], {"how": "kept from the sweep's earlier start", "batch": old["batch"]}
+    from pipeline_core.recipe.source import Override
+    from pipeline_core.sweep.probe import probe_batch
+
+    first = plan.batches[0]
+    probe_sets = [*sets, *[o for o in first.overrides if not o.startswith("batch=")
+                           and not any(o.startswith(a.key + "=") for a in plan.axes if a.per_image)]]
+    for a in plan.axes:
+        if a.per_image:
+            probe_sets.append(Override(f"{a.key}={a.classes[0]}", "batch: auto (probe)"))
+    most = 1  # never more images than one setting has jobs
+    for a in plan.axes:
+        most *= len(a.values) if a.per_image else 1
+    return probe_batch(spec.recipe, registry, probe_sets, device, most)
+
+
+def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (), batch: str | None = None,
+          out: str | None = None, force: bool = False, quiet: bool = False, console: Any = None,
+          say: Callable[[str], None] = print) -> int:
+    from pipeline_core.run.device import rank_device
+    from pipeline_core.sweep import shard
+    from pipeline_core.sweep.display import make_bar
+    from pipeline_core.sweep.plan import fingerprint, make_plan
+    from pipeline_core.sweep.runner import Overall, run_rank
+    from pipeline_core.sweep.sheets import write_sheets
+    from pipeline_core.sweep.spec import load_sweep
+
+    t_start = time.monotonic()
+    world = shard.world_from_env()
+    spec = load_sweep(file, axis, batch)
+    sweep_dir = Path(out) if out is not None else Path("runs") / spec.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RecipeError(f"--out {sweep_dir} is a file, not a folder")
+    first = make_plan(spec, registry, sets, batch_size=1, check=False)
+    device = rank_device(first.base.model.device, world.local_rank)
+    size, how = _batch_size(spec, first, sweep_dir, registry, sets, device, force)
+
+    shard.start(world, device)
+    try:
+        digest = fingerprint(first.base, [f"{a.key}={a.values!r}" for a in first.axes] + [f"batch={spec.batch}"])
+        mine = {"plan": digest, "batch": size, "token": shard.new_token(), "device": str(device)}
+        everyone = shard.agree(world, mine)
+        for rank, theirs in enumerate(everyone):
+            if theirs["plan"] != digest:
+                raise RecipeError(f"rank {rank} planned another sweep than rank {world.rank} (a different sweep "
+                                  "file, recipe or option): start every rank with the same command and files")
+        sizes = [t["batch"] for t in everyone if t["batch"] is not None]
+        size = min(sizes) if sizes else None
+        token = everyone[0]["token"]
+        plan = make_plan(spec, registry, sets, batch_size=size, check=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        status = shard.RankStatus(sweep_dir, world, token, str(device))
+        extra = {"batch_auto": spec.batch == "auto", "world_size": world.size,
+                 **({"batch_probe": how} if how else {})}
+
+        def refresh() -> None:
+            sweep_index.write_index(sweep_dir, sweep_index.build_index(plan, sweep_dir, extra))
+
+        overall = None
+        if world.main:
+            refresh()
+            overall = Overall(plan, sweep_dir, world, token, make_bar(quiet, console, spec.name), refresh)
+            overall.start()
+        prefix = f"rank {world.rank}: " if world.size > 1 else ""
+        try:
+            result = run_rank(plan, sweep_dir, registry, sets, world, device, status, force,
+                              say=lambda line: say(prefix + line))
+        finally:
+            status.finished = True
+            status.current = None
+            status.write()
+        if overall is None:
+            return 130 if result.interrupted else (1 if result.failed else 0)
+        try:
+            if not result.interrupted:
+                overall.wait_for_ranks()
+        finally:
+            overall.stop()
+        statuses = overall.statuses
+        extra["throughput"] = _throughput(statuses, time.monotonic() - t_start)
+        data = sweep_index.build_index(plan, sweep_dir, extra)
+        data["contact_sheets"] = write_sheets(sweep_dir, data)
+        sweep_index.write_index(sweep_dir, data)
+        counts = data["counts"]
+        interrupted = result.interrupted or any(
+            s and "interrupted" in (s.get("batches") or {}).values() for s in statuses)
+        line = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        say(f"sweep {spec.name}: {line} of {plan.total} jobs in {plan.batches and len(plan.batches)} batches; "
+            f"index {sweep_dir / sweep_index.FILE}, contact sheets in {sweep_dir / 'contact'}")
+        if interrupted:
+            say(f"interrupted: start the same command again to continue (finished batches are skipped, the "
+                "interrupted one resumes from its checkpoint)")
+            return 130
+        return 1 if counts.get("failed") else 0
+    finally:
+        shard.stop(world)
+
+
+def _throughput(statuses: Sequence[dict | None], wall: float) -> dict[str, Any]:
+    ranks = []
+    jobs = 0
+    for s in statuses:
+        if not s:
+            continue
+        run, secs = int(s.get("jobs_run") or 0), float(s.get("run_seconds") or 0.0)
+        jobs += run
+        ranks.append({"rank": s.get("rank"), "host": s.get("host"), "device": s.get("device"), "jobs_run": run,
+                      "run_seconds": round(secs, 3),
+                      "jobs_per_minute": round(run / secs * 60, 3) if secs > 0 else None})
+    return {"wall_seconds": round(wall, 3), "jobs_run": jobs,
+            "jobs_per_minute": round(jobs / wall * 60, 3) if wall > 0 and jobs else None, "ranks": ranks}
