@@ -194,6 +194,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size)
     out_console.print(render(data))
     out_console.print(f"wrote {_safe(Path(args.run_dir) / 'evaluation.json')}", markup=True)
+    from pipeline_core.output.report import safe_refresh
+
+    problem = safe_refresh(Path(args.run_dir))  # the page shows the new tables
+    if problem:
+        err_console.print(f"[yellow]warning:[/] {_safe(problem)}", markup=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline_core.commands.report import rebuild
+
+    out_console.print(f"wrote {_safe(rebuild(Path(args.folder)))}", markup=True)
     return 0
 
 
@@ -363,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", type=_device, help="cpu (default), auto, cuda, cuda:N or mps")
     ev.add_argument("--batch-size", type=_count(1), default=16, help="images per forward pass (default 16)")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = command("report", "rebuild the page of a run folder (report.html) or a sweep folder (atlas.html)")
+    rep.add_argument("folder", metavar="DIR", type=_path, help="a run folder (run.json) or a sweep folder (sweep.json)")
+    rep.set_defaults(func=cmd_report)
 
     steps = command("steps", "list the steps, their parameters and defaults")
     steps.add_argument("name", nargs="?", help="show one step only")

@@ -94,6 +94,14 @@ def _resized(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ])
 
 
+def scaled_size(h: int, w: int, tile: int | None) -> tuple[int, int]:
+    """The (h, w) an image of the grid is drawn at: its longer side ``tile`` (unchanged without one)."""
+    if tile is None or (h, w) == (tile, tile):
+        return h, w
+    scale = tile / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def compose(
     images: torch.Tensor,
     logits: torch.Tensor | None = None,
@@ -102,25 +110,27 @@ def compose(
     columns: int | None = None,
     pad: int = 2,
     panels: bool | None = None,
+    side_panels: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """The batch as one (H, W, 3) uint8 grid.
 
     With ``panels`` (default: when logits are given) each image is followed by its logits
     panel; a frame without logits yet gets empty panels, so every frame has the same layout.
-    ``tile`` scales each image so its longer side is ``tile`` pixels.
+    ``tile`` scales each image so its longer side is ``tile`` pixels. ``side_panels`` (one
+    (H, W, 3) picture per image, drawn by the caller at the scaled size) replace the logits panels.
     """
     b, _, h, w = images.shape
     planes = _planes_uint8(images)
-    if tile is not None and (h, w) != (tile, tile):
-        scale = tile / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if size != (h, w):
-            planes = _resized(planes, size)
-        h, w = size
+    size = scaled_size(h, w, tile)
+    if size != (h, w):
+        planes = _resized(planes, size)
+    h, w = size
     if panels is None:
         panels = logits is not None
     side: list[np.ndarray] | None = None
-    if panels:
+    if side_panels is not None:
+        side = [np.asarray(p)[:h, :w] for p in side_panels]
+    elif panels:
         lg = logits.detach().float().cpu().numpy() if logits is not None else np.zeros((b, 0))
         side = [logits_panel(lg[i], (targets or [[]] * b)[i], h, w) for i in range(b)]
     cols = columns or columns_for(b, side is not None)

@@ -16,7 +16,8 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from pipeline_core.output.frames import compose
+from pipeline_core.output.frames import compose, scaled_size
+from pipeline_core.output.panels import Sparklines, class_panel
 from pipeline_core.writers import FrameInfo, Writer
 
 FRAGMENTED = ["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-g", "25"]
@@ -122,7 +123,8 @@ class VideoWriter(Writer):
     preset = "ultrafast"
 
     def __init__(self, params, info: FrameInfo, logits_panel: bool = True, path: Path | None = None,
-                 encoder_threads: int | None = None):
+                 encoder_threads: int | None = None, primary: list[int | None] | None = None,
+                 history: list[dict] | None = None):
         super().__init__(params, info)
         #: x264's threads; None lets it choose (about 1.5 per core). A run on the CPU passes 1:
         #: the cores belong to PyTorch's threads, and a single encoder thread preempts them less
@@ -131,6 +133,10 @@ class VideoWriter(Writer):
         self.frame_side = info.tile  # a fixed tile: frames larger than it may be shrunk before they get here
         self.path = path or info.run_dir / "video.mp4"
         self.logits_panel = logits_panel
+        #: per image, the class whose name and probability the panel shows
+        self.primary = primary if primary is not None else [ts[-1] if ts else None for ts in info.targets]
+        #: no objective aims at a class: the panels show each objective's course instead of logits
+        self.sparklines = None if any(info.targets) else Sparklines(history)
         self._encoder: H264Pipe | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -145,8 +151,8 @@ class VideoWriter(Writer):
         tile = self.info.tile or max(images.shape[-2:])
         if self._size is None and self.info.tile is None:
             self.info.tile = tile
-        picture = compose(images, logits if self.logits_panel else None, self.info.targets, tile, self.info.columns,
-                          panels=self.logits_panel)
+        picture = compose(images, None, self.info.targets, tile, self.info.columns, panels=self.logits_panel,
+                          side_panels=self._panels(iteration, images, logits, tile) if self.logits_panel else None)
         if self._encoder is None:
             self._open(picture)
         w, h = self._size  # type: ignore[misc]
@@ -157,6 +163,14 @@ class VideoWriter(Writer):
             picture = fixed
         self._encoder.write(picture)
         self.frames += 1
+
+    def _panels(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None, tile: int) -> list[np.ndarray]:
+        h, w = scaled_size(images.shape[-2], images.shape[-1], tile)
+        if self.sparklines is not None:
+            return [self.sparklines.panel(i, iteration, h, w) for i in range(images.shape[0])]
+        lg = logits.numpy() if logits is not None else None
+        return [class_panel(lg[i] if lg is not None else None, self.info.targets[i], self.primary[i], iteration,
+                            self.info.categories, h, w) for i in range(images.shape[0])]
 
     def close(self, status: str) -> list[str]:
         if self._encoder is None:

@@ -31,7 +31,7 @@ from pipeline_core.registry import Registry
 from pipeline_core.run.checkpoint import Checkpoint, load_checkpoint
 from pipeline_core.run.device import pick_device
 from pipeline_core.run.faults import cpu_oom_message, cpu_out_of_memory, failure_line, gpu_oom_message, step_label
-from pipeline_core.run.folder import RunFolder
+from pipeline_core.run.folder import RunFolder, primary_targets
 from pipeline_core.run.interrupts import StopFlag, graceful_stop
 from pipeline_core.run.record import RunLock, read_record
 from pipeline_core.run.loop import Loop, StepGroups, emit
@@ -181,8 +181,7 @@ class Run:
         """Per image, the class whose probability the progress bar shows (the final target)."""
         if not any(self.targets):
             return None
-        idx = [max(t, key=lambda d: d.get("final_weight", d.get("weight", 1.0)))["index"] if t else 0
-               for t in self.targets]
+        idx = [0 if k is None else k for k in primary_targets(self.targets)]
         return torch.tensor(idx, device=self.device)
 
     # -- the run --------------------------------------------------------------------------
@@ -229,9 +228,10 @@ class Run:
         try:
             ctx = self.start_context()
             folder.check_space(ctx)
+            self.loop.metrics = folder.start_metrics(self.loop.primary)
             pump = self.pump = folder.start_writers(ctx, self.registry)
             if self.resume is None:  # a resumed run's first frame is already in the video
-                emit(ctx, pump, 0, None)
+                emit(ctx, pump, 0, self._first_logits(ctx) if pump.writers else None)
                 t0 = time.perf_counter()
                 pump.wait()  # the encoders start now, not on the cores the first iterations need
                 self.timings["video_start_seconds"] = round(time.perf_counter() - t0, 3)
@@ -263,6 +263,18 @@ class Run:
         if found:
             folder.record.data["determinism_warnings"] = found
         return status
+
+    def _first_logits(self, ctx: RunContext) -> torch.Tensor | None:
+        """What the model sees in the starting image, for the first frame's panels (one forward
+        pass before the loop; skipped for a compiled model, whose first call compiles)."""
+        if not self.recipe.model.output.logits_panel or self.recipe.model.performance.compile:
+            return None
+        assert ctx.param is not None
+        try:
+            with torch.no_grad():
+                return ctx.model(ctx.param.image().detach()).logits
+        except Exception:  # noqa: BLE001 - the panels start empty; the loop will say what is wrong
+            return None
 
     # -- setting up ------------------------------------------------------------------------
     def setup_backend(self) -> None:
@@ -353,6 +365,9 @@ class Run:
             if status == "completed":
                 (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
                 folder.record.data.pop("checkpoint", None)
+        metrics_problem = folder.close_metrics()
+        if metrics_problem:
+            problems.append(metrics_problem)
         message = " ".join("; ".join([m for m in [message, *problems] if m]).splitlines())  # one line
         self.timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
         unwritten = folder.write_record(status, message, loop.done, images, files, self.timings)
@@ -360,6 +375,10 @@ class Run:
             message = "; ".join([m for m in [message, unwritten] if m])
             if status == "completed":
                 status, self.error_code = "failed", 1
+        else:
+            problem = folder.finish_report()
+            if problem:
+                self.progress.message(f"warning: {problem}")
         return RunResult(status, self.run_dir, loop.done, message, folder.record.data, self.error_code)
 
     @property

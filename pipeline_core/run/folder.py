@@ -4,6 +4,11 @@ The promise of a run folder is that however the run ends (completed, failed, int
 second Ctrl-C) it holds a playable video of what happened, the images so far and a record
 that says what happened. Everything that keeps that promise is here, apart from the loop,
 so that changing how a run ends never means reading the iteration.
+
+Besides those, the folder gets metrics.jsonl (the numbers at the progress display's cadence,
+:mod:`pipeline_core.output.metrics`) and report.html, a page that shows all of it
+(:mod:`pipeline_core.output.report`), written at the end and at checkpoints. The report is a
+view of the other files: failing to write it is a warning in run.json, never a failed run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from pipeline_core.context import RunContext
 from pipeline_core.output.frames import auto_tile, compose, to_uint8
+from pipeline_core.output.metrics import FILE as METRICS_FILE, MetricsLog
 from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
 from pipeline_core.recipe.loader import Recipe
@@ -29,10 +35,18 @@ from pipeline_core.writers import FrameInfo, Writer
 
 #: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size)
 MAX_GRID_SIDE = 8192
+REPORT_FILE = "report.html"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
+
+
+def primary_targets(targets: list[list[dict[str, Any]]]) -> list[int | None]:
+    """Per image, the class whose probability is shown and recorded: the final target (of a blend,
+    the one with the largest final weight); None for an image no objective aims at a class."""
+    return [max(t, key=lambda d: d.get("final_weight", d.get("weight", 1.0)))["index"] if t else None
+            for t in targets]
 
 
 def determinism(device: torch.device, deterministic: bool) -> tuple[bool, str]:
@@ -64,6 +78,9 @@ class RunFolder:
         #: what went wrong at the end without failing the run, for its message
         self.notes: list[str] = []
         self.record = RunRecord(run_dir, self._base_record())
+        self.metrics: MetricsLog | None = None
+        #: when a checkpoint last wrote the report, and how long that took (it is kept rare)
+        self._report_at, self._report_cost = 0.0, 0.0
         if resume is not None:
             self.record.started -= resume.wall_seconds
             self._carry_over()
@@ -123,6 +140,22 @@ class RunFolder:
         need = 2 * checkpoint + 2 * pixels + frames * pixels // 2 + (1 << 20)
         check_free_space(self.run_dir, need)
 
+    def start_metrics(self, primary: "torch.Tensor | None") -> MetricsLog:
+        """metrics.jsonl, from the start or (resumed) from the checkpoint's iteration on."""
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE, primary, started=self.record.started,
+                                  resume_from=self.resume.iteration if self.resume is not None else None)
+        return self.metrics
+
+    def close_metrics(self) -> str | None:
+        """Close metrics.jsonl; a one-line problem if the last numbers could not be written."""
+        if self.metrics is None:
+            return None
+        try:
+            self.metrics.close()
+        except Exception as exc:  # noqa: BLE001 - the numbers are a view of the run, not the run
+            return f"metrics.jsonl could not be finished ({type(exc).__name__}: {exc})"
+        return None
+
     def start_writers(self, ctx: RunContext, registry: Registry) -> FramePump:
         """The video (a new segment after a resume) and the recipe's writers, behind one pump."""
         out, plan = self.recipe.model.output, self.recipe.plan
@@ -139,7 +172,9 @@ class RunFolder:
         if out.video:
             name = "video.mp4" if self.segment == 0 else f".video.part{self.segment}.mp4"
             writers.append(VideoWriter(None, info, logits_panel=out.logits_panel, path=self.run_dir / name,
-                                       encoder_threads=1 if self.device.type == "cpu" else None))
+                                       encoder_threads=1 if self.device.type == "cpu" else None,
+                                       primary=primary_targets(self.targets),
+                                       history=self.metrics.history if self.metrics is not None else None))
         for options in out.writers:
             cls = registry.writer(options["writer"])
             params = cls.Params.model_validate({k: v for k, v in options.items() if k != "writer"})
@@ -163,6 +198,14 @@ class RunFolder:
                                                          time.time() - self.record.started,
                                                          run_id=self.record.data["run_id"]))
         self.record.update(iterations_done=done, checkpoint={"file": "checkpoint.pt", "iteration": done})
+        # the report at a checkpoint costs the loop its time: at most 5% of the run's, at most every 10 s
+        now = time.monotonic()
+        if now - self._report_at >= max(10.0, 20 * self._report_cost):
+            self._report_at = now
+            problem = self.write_report()
+            self._report_cost = time.monotonic() - now
+            if problem:
+                self.record.update(report_warning=problem)
 
     # -- the end ---------------------------------------------------------------------------
     def close_writers(self, pump: FramePump | None, status: str, timings: dict[str, float]) -> tuple[list[str], str | None]:
@@ -203,13 +246,17 @@ class RunFolder:
         probs = self._final_probabilities(ctx, final)
         cats = self.recipe.model_info.categories
         out = []
+        primary = primary_targets(self.targets)
         for i, name in enumerate(names):
             top5 = []
+            entry: dict[str, Any] = {"file": name, "targets": self.targets[i], "top5": top5}
             if probs is not None:
                 p, idx = probs[i].topk(min(5, probs.shape[1]))
-                top5 = [{"index": int(k), "name": str(cats[int(k)]) if int(k) < len(cats) else str(int(k)),
-                         "probability": round(float(v), 6)} for v, k in zip(p, idx)]
-            out.append({"file": name, "targets": self.targets[i], "top5": top5})
+                top5 += [{"index": int(k), "name": str(cats[int(k)]) if int(k) < len(cats) else str(int(k)),
+                          "probability": round(float(v), 6)} for v, k in zip(p, idx)]
+                if primary[i] is not None and 0 <= primary[i] < probs.shape[1]:
+                    entry["target_probability"] = round(float(probs[i, primary[i]]), 6)
+            out.append(entry)
         return out
 
     def _final_probabilities(self, ctx: RunContext, final: torch.Tensor) -> torch.Tensor | None:
@@ -236,9 +283,32 @@ class RunFolder:
                      files: list[str], timings: dict[str, float]) -> str | None:
         """The final run.json; a one-line problem if it could not be written (a full disk)."""
         listed = set(files) | {"run.json"} | ({"images/grid.png"} if images else set()) | {f"images/{i['file']}" for i in images}
+        if (self.run_dir / METRICS_FILE).is_file():
+            listed.add(METRICS_FILE)
+        listed.add(REPORT_FILE)  # written next, from this record; a failure takes it out again
+        self.record.data.pop("report_warning", None)  # a checkpoint's; the final report says anew
         try:
             self.record.update(status=status, message=message or None, iterations_done=done, images=images,
                                files=sorted(listed), timings={**self.record.data.get("timings", {}), **timings})
         except OSError as exc:
             return f"run.json could not be written ({exc.strerror or exc})"
         return None
+
+    def write_report(self) -> str | None:
+        """report.html from the folder's files as they are now; a one-line problem if it failed."""
+        from pipeline_core.output.report import safe_write_report
+
+        if self.metrics is not None:
+            self.metrics.poll()
+        return safe_write_report(self.run_dir)
+
+    def finish_report(self) -> str | None:
+        """The final report; if it fails, run.json says so (and no longer lists report.html)."""
+        problem = self.write_report()
+        if problem:
+            files = [f for f in self.record.data.get("files", []) if f != REPORT_FILE]
+            try:
+                self.record.update(report_warning=problem, files=files)
+            except OSError:
+                pass
+        return problem

@@ -11,7 +11,8 @@ One iteration (see :mod:`pipeline_core.step` for the kinds):
 6. if a frame is due, the image is snapshotted on its device and queued for the writers.
 
 Nothing here synchronises the device every iteration: losses are read only when the progress
-display is due, and frames are copied and encoded on another thread. What the loop does not
+display is due (and recorded then in metrics.jsonl, on a GPU without waiting for the copy), and
+frames are copied and encoded on another thread. What the loop does not
 do is here too, by omission: the run folder (:mod:`.folder`) and explaining faults
 (:mod:`.faults`) live elsewhere.
 """
@@ -26,6 +27,7 @@ import torch
 
 from pipeline_core.context import RunContext
 from pipeline_core.errors import RunFailed
+from pipeline_core.output.metrics import MetricsLog
 from pipeline_core.output.pump import FramePump
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.run.faults import NumericGuard, finite, step_label
@@ -89,6 +91,10 @@ class Loop:
         self.running = False
         self.where: Step | str | None = None
         self.timings: dict[str, float] = {}
+        #: where the numbers read at the progress display's cadence go (None: nowhere)
+        self.metrics: MetricsLog | None = None
+        #: the last iteration's objective terms, (step, loss per image)
+        self.terms: list[tuple[Step, torch.Tensor]] = []
 
     def run(self, ctx: RunContext, pump: FramePump, stop: StopFlag,
             checkpoint: Callable[[RunContext], None]) -> str:
@@ -117,6 +123,8 @@ class Loop:
             if self.done % out.frame_every == 0 or self.done == plan.iterations:
                 emit(ctx, pump, self.done, logits)
             if report:
+                if self.metrics is not None:
+                    self.metrics.record(self.done, total, [(step_label(s), t) for s, t in self.terms], logits)
                 self.progress.update(self.done, float(total.detach()), self._probability(logits))
             if out.checkpoint_every and self.done % out.checkpoint_every == 0 and self.done < plan.iterations:
                 checkpoint(ctx)
@@ -160,6 +168,7 @@ class Loop:
         self.where = "the backward pass"
         if not terms:
             raise RunFailed(f"no objective is active at iteration {it}: check the objectives' from/until")
+        self.terms = terms
         per_image = terms[0][1]
         for _, term in terms[1:]:
             per_image = per_image + term
