@@ -84,9 +84,10 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
                  **({"batch_probe": how} if how else {})}
 
         def refresh() -> None:
-            sweep_index.write_index(sweep_dir, sweep_index.build_index(plan, sweep_dir, extra))
+            outcomes = overall.outcomes() if overall is not None else None
+            sweep_index.write_index(sweep_dir, sweep_index.build_index(plan, sweep_dir, extra, outcomes))
 
-        overall = None
+        overall: Overall | None = None
         if world.main:
             refresh()
             overall = Overall(plan, sweep_dir, world, token, make_bar(quiet, console, spec.name), refresh)
@@ -108,7 +109,7 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
             overall.stop()
         statuses = overall.statuses
         extra["throughput"] = _throughput(statuses, time.monotonic() - t_start)
-        data = sweep_index.build_index(plan, sweep_dir, extra)
+        data = sweep_index.build_index(plan, sweep_dir, extra, overall.outcomes())
         data["contact_sheets"] = write_sheets(sweep_dir, data)
         sweep_index.write_index(sweep_dir, data)
         counts = data["counts"]
@@ -121,7 +122,8 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
             say(f"interrupted: start the same command again to continue (finished batches are skipped, the "
                 "interrupted one resumes from its checkpoint)")
             return 130
-        return 1 if counts.get("failed") else 0
+        failed = counts.get("failed") or any(s and "failed" in (s.get("batches") or {}).values() for s in statuses)
+        return 1 if failed else 0
     finally:
         shard.stop(world)
 

@@ -64,9 +64,11 @@ def _job_status(state: str) -> str:
     return {"completed": "completed", "failed": "failed", "interrupted": "interrupted"}.get(state, "pending")
 
 
-def _batch_entries(plan: SweepPlan, sweep_dir: Path, batch: Batch) -> tuple[str, list[dict[str, Any]]]:
+def _batch_entries(plan: SweepPlan, sweep_dir: Path, batch: Batch, outcome: str | None) -> tuple[str, list[dict[str, Any]]]:
     run_dir = sweep_dir / batch.folder
     state = batch_state(run_dir)
+    if state == "pending" and outcome == "failed":  # failed before its run.json could be written
+        state = "failed"
     record = read_run_record(run_dir) if state != "pending" else None
     images = record.get("images") if record and isinstance(record.get("images"), list) else []
     out = []
@@ -84,7 +86,10 @@ def _batch_entries(plan: SweepPlan, sweep_dir: Path, batch: Batch) -> tuple[str,
     return state, out
 
 
-def build_index(plan: SweepPlan, sweep_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_index(plan: SweepPlan, sweep_dir: Path, extra: dict[str, Any] | None = None,
+                outcomes: dict[str, str] | None = None) -> dict[str, Any]:
+    """The index from the run folders; ``outcomes`` are the ranks' reports of this start (a batch
+    whose folder could not even be written has no run.json to say that it failed)."""
     old = read_index(sweep_dir) or {}
     scores = {}
     for job in old.get("jobs") or []:
@@ -93,7 +98,7 @@ def build_index(plan: SweepPlan, sweep_dir: Path, extra: dict[str, Any] | None =
     jobs: list[dict[str, Any]] = []
     batches = []
     for batch in plan.batches:
-        state, entries = _batch_entries(plan, sweep_dir, batch)
+        state, entries = _batch_entries(plan, sweep_dir, batch, (outcomes or {}).get(batch.folder))
         for entry in entries:
             score = scores.get((entry["id"], entry["image"]))
             if score is not None and entry["image"] is not None:

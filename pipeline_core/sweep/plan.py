@@ -41,6 +41,12 @@ class ResolvedAxis:
     per_image: bool
     short: str
     classes: list[int] | None = None  #: for a target axis, the class index of each value
+    origin: str = ""  #: where the values were given, for errors: "sweep.yaml:4 axes.seed" or "--axis seed=[1]"
+
+    def label(self, value: Any = None) -> str:
+        if self.origin.startswith("--axis"):
+            return self.origin if value is None else f"{self.origin} (value {_text(value)})"
+        return f"{self.origin}" if value is None else f"{self.origin}={_text(value)}"
 
 
 @dataclass
@@ -109,7 +115,12 @@ def resolve_axes(spec: SweepSpec, base: Recipe) -> list[ResolvedAxis]:
                     classes.append(base.plan.class_index(value))
                 except RecipeError as exc:
                     raise RecipeError(f"the axis '{axis.key}': {exc.message}", axis.where) from None
-        out.append(ResolvedAxis(axis.key, list(values), per_image, axis.short, classes))
+        given = axis.where.file or ""
+        if given.startswith("--axis"):
+            origin = given
+        else:
+            origin = f"{spec.file}:{axis.where.line} axes.{axis.key}" if axis.where.line else f"{spec.file} axes.{axis.key}"
+        out.append(ResolvedAxis(axis.key, list(values), per_image, axis.short, classes, origin))
     shorts = [a.short for a in out]
     for a in out:
         if shorts.count(a.short) > 1:
@@ -157,8 +168,7 @@ def make_plan(spec: SweepSpec, registry: Registry, sets: Sequence[str] = (), bat
     batches: list[Batch] = []
     for setting in itertools.product(*[a.values for a in scalar]):
         fixed = dict(zip([a.key for a in scalar], setting))
-        set_overrides = [Override(f"{k}={json.dumps(v)}", f"{spec.file} axes.{k}={_text(v)}")
-                         for k, v in fixed.items()]
+        set_overrides = [Override(f"{a.key}={json.dumps(v)}", a.label(v)) for a, v in zip(scalar, setting)]
         if per_image:
             combos = list(itertools.product(*[list(zip(a.values, a.classes or [])) for a in per_image]))
             chunks = [combos[i:i + size] for i in range(0, len(combos), size)]  # type: ignore[misc]
@@ -174,8 +184,7 @@ def make_plan(spec: SweepSpec, registry: Registry, sets: Sequence[str] = (), bat
                 count = len(chunk)
                 for a_i, a in enumerate(per_image):
                     classes = [item[a_i][1] for item in chunk]
-                    overrides.append(Override(f"{a.key}={json.dumps(classes)}",
-                                              f"{spec.file} axes.{a.key}"))
+                    overrides.append(Override(f"{a.key}={json.dumps(classes)}", a.label()))
                 overrides.append(Override(f"batch={count}", f"{spec.file} batch"))
                 values_per_image = [{**fixed, **{a.key: item[a_i][0] for a_i, a in enumerate(per_image)}}
                                     for item in chunk]

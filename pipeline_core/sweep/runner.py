@@ -182,6 +182,13 @@ class Overall:
             self._seen = dict(finished_batches)
             self.refresh()
 
+    def outcomes(self) -> dict[str, str]:
+        """Every batch's outcome in this start, as the ranks reported it."""
+        out: dict[str, str] = {}
+        for s in self.statuses:
+            out.update((s or {}).get("batches") or {})
+        return out
+
     def all_finished(self) -> bool:
         return all(s is not None and s.get("finished") for s in self.statuses)
 
