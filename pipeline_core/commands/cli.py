@@ -202,6 +202,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline_core.commands.sweep import sweep
+
+    return sweep(args.sweep, _registry(args.quiet), _overrides(args), axis=args.axis, batch=args.batch,
+                 out=args.out, force=args.force, quiet=args.quiet, console=err_console,
+                 say=lambda line: err_console.print(_printable(line)))
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline_core.commands.report import rebuild
 
@@ -375,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", type=_device, help="cpu (default), auto, cuda, cuda:N or mps")
     ev.add_argument("--batch-size", type=_count(1), default=16, help="images per forward pass (default 16)")
     ev.set_defaults(func=cmd_evaluate)
+
+    sw = command("sweep", "run a recipe over every combination of a few settings (under torchrun: shared among "
+                          "processes, GPUs and machines)")
+    sw.add_argument("sweep", metavar="FILE", type=_path, help="sweep YAML: recipe:, axes: and batch: (see recipes/atlas.yaml)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                    help="override a value of the recipe by dotted path, read as YAML")
+    sw.add_argument("--model", metavar="NAME[,KEY=VALUE...]", help=MODEL_HELP)
+    sw.add_argument("--axis", action="append", metavar="KEY=VALUES", default=[],
+                    help="replace an axis's values: a YAML list, or for a target all or a range "
+                         "(--axis target=0-9); KEY may be the last part of the axis's dotted key")
+    sw.add_argument("--batch", metavar="N|auto", help="images per run for the per-image axes (overrides the file)")
+    sw.add_argument("--out", type=_path, help="sweep folder (default: runs/NAME, NAME from the sweep file)")
+    sw.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (under torchrun auto and cuda "
+                                                   "mean cuda:LOCAL_RANK)")
+    sw.add_argument("--quiet", action="store_true", help="no progress display")
+    sw.add_argument("--force", action="store_true", help="run every batch again, finished ones too")
+    sw.set_defaults(func=cmd_sweep)
 
     rep = command("report", "rebuild the page of a run folder (report.html) or a sweep folder (atlas.html)")
     rep.add_argument("folder", metavar="DIR", type=_path, help="a run folder (run.json) or a sweep folder (sweep.json)")
