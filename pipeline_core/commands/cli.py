@@ -233,6 +233,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    from pipeline_core.commands.layers import as_json, list_layers, render
+
+    name, side, rows = list_layers(args.model, _registry(quiet=True), size=args.size)
+    sys.stdout.write((as_json(name, side, rows) if args.json else render(name, side, rows, args.match)) + "\n")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from pipeline_core.commands.listings import describe_plugins
 
@@ -411,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = command("models", "list the models recipes can name")
     models.set_defaults(func=cmd_models)
+
+    layers = command("layers", "list a model's layers (the paths layer objectives name), their output shapes and channels")
+    layers.add_argument("model", metavar="MODEL", help=MODEL_HELP.replace("; sets the recipe's model section", ""))
+    layers.add_argument("--size", type=_count(8), help="input side in pixels (default: the model's own)")
+    layers.add_argument("--match", metavar="TEXT", help="only the layers whose path or type contains TEXT")
+    layers.add_argument("--json", action="store_true", help="machine-readable output")
+    layers.set_defaults(func=cmd_layers)
 
     plugins = command("plugins", "list loaded plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,0 +1,109 @@
+"""``pipeline layers MODEL``: every module path a layer objective can name, with its output.
+
+Finding the layer names of one's own model is the first obstacle to looking inside it. This
+builds the model as a run would (the same ``NAME[,KEY=VALUE...]`` as ``pipeline run --model``),
+hooks every module, runs one forward pass on a grey image at the model's input size and lists,
+in the order the modules are defined: the path, the module's type, one image's output shape and
+its channel count. Where the model offers a skeleton (every torchvision model does) it is used
+instead of the weights: shapes do not depend on weights, and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError
+from pipeline_core.model import ModelAdapter, layer_paths
+from pipeline_core.registry import Registry
+
+
+@dataclass
+class LayerRow:
+    path: str
+    type: str
+    shape: list[int] | None  #: one image's output shape; None when the module did not run (or gave no tensor)
+    channels: int | None
+    calls: int  #: how often the module ran in one forward pass (a shared ReLU runs several times; the last counts)
+
+    def shape_text(self) -> str:
+        if self.calls == 0:
+            return "(not run in eval mode)"
+        if self.shape is None:
+            return "(not a tensor)"
+        return "x".join(str(d) for d in self.shape) + (f"  (runs {self.calls}x; the last counts)" if self.calls > 1 else "")
+
+
+def _module(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
+    from pipeline_core.commands.evaluate import RUN_KEYS, parse_model_arg
+
+    model = parse_model_arg(text, base, RUN_KEYS)
+    try:
+        model_def = registry.model(model.name)
+    except KeyError as exc:
+        raise RecipeError(f"{exc.args[0]} (see 'pipeline models')") from None
+    spec = model.spec()
+    info = model_def.describe(spec)
+    make = model_def.skeleton or model_def.build
+    try:
+        module = make(spec)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
+        raise ModelLoadError(f"could not build model '{model.name}': {exc}") from exc
+    return module, info, model.name
+
+
+def list_layers(text: str, registry: Registry, size: int | None = None, base: Path | None = None) -> tuple[str, int, list[LayerRow]]:
+    """(model name, input side, one row per module) from one forward pass on the CPU."""
+    module, info, name = _module(text, registry, base)
+    adapter = ModelAdapter(module, info)
+    side = size or info.size or 224
+    seen: dict[str, Any] = {}
+    calls: dict[str, int] = {}
+    handles = []
+    modules = dict(adapter.module.named_modules())
+    for path in layer_paths(adapter.module):
+
+        def keep(_mod: nn.Module, _inp: Any, output: Any, path: str = path) -> None:
+            seen[path] = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+            calls[path] = calls.get(path, 0) + 1
+
+        handles.append(modules[path].register_forward_hook(keep))
+    if size:
+        adapter.size = size
+    try:
+        with torch.no_grad():
+            adapter(torch.full((1, 3, side, side), 0.5))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for path in layer_paths(adapter.module):
+        shape = seen.get(path)
+        rows.append(LayerRow(path, type(modules[path]).__name__, list(shape) if shape else None,
+                             int(shape[0]) if shape else None, calls.get(path, 0)))
+    return name, side, rows
+
+
+def render(name: str, side: int, rows: list[LayerRow], match: str | None = None) -> str:
+    shown = [r for r in rows if not match or match.lower() in r.path.lower() or match.lower() in r.type.lower()]
+    width = max([len(r.path) for r in shown] + [4])
+    twidth = max([len(r.type) for r in shown] + [4])
+    lines = [f"{name}: {len(rows)} layers, shapes of one image at {side}x{side} px (a recipe names a layer by its path)",
+             f"{'path':<{width}}  {'type':<{twidth}}  {'channels':>8}  output"]
+    for r in shown:
+        ch = str(r.channels) if r.channels is not None else "-"
+        lines.append(f"{r.path:<{width}}  {r.type:<{twidth}}  {ch:>8}  {r.shape_text()}")
+    if match and not shown:
+        lines.append(f"(no layer path or type contains '{match}')")
+    return "\n".join(lines)
+
+
+def as_json(name: str, side: int, rows: list[LayerRow]) -> str:
+    return json.dumps({"model": name, "input_size": side, "layers": [asdict(r) for r in rows]}, indent=2)
