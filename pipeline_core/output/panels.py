@@ -55,31 +55,60 @@ def _softmax(row: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+@functools.lru_cache(maxsize=2048)
+def _text_row(text: str, size: int, width: int, color: tuple[int, int, int]) -> np.ndarray:
+    """One line of text as pixels, (size + 2, width, 3), read-only. Kept: the same line (a
+    target's name, the top-1, this frame's iteration for every image) is drawn once, since
+    FreeType's rendering is most of a panel's cost."""
+    row = Image.new("RGB", (width, size + 2), BACKGROUND)
+    draw = ImageDraw.Draw(row)
+    font = _font(size)
+    draw.text((3, 0), _fit(draw, text, font, width - 6), fill=color, font=font)
+    pixels = np.asarray(row)
+    pixels.flags.writeable = False
+    return pixels
+
+
+def _blank(height: int, width: int) -> np.ndarray:
+    return np.full((height, width, 3), BACKGROUND[0], dtype=np.uint8)  # a grey: one value fills faster
+
+
+@functools.lru_cache(maxsize=64)
+def _number_width(size: int) -> int:
+    return int(_font(size).getlength("0.000")) + 6
+
+
 def class_panel(logits: np.ndarray | None, targets: Sequence[int], primary: int | None, iteration: int,
                 categories: Sequence[str], height: int, width: int) -> np.ndarray:
     """Three lines of text (iteration, target and its probability, top-1) over the logits scatter."""
     size = _font_size(height)
     lines = 3 if height >= 3 * (size + 2) + 24 else 1
     band = lines * (size + 2) + 4
-    panel = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(panel)
-    font = _font(size)
     name = (lambda k: str(categories[k]) if 0 <= k < len(categories) else str(k))
-    text = [f"iteration {iteration}"]
+    text = [(f"iteration {iteration}", INK)]
     finite = logits is not None and logits.size > 0 and bool(np.all(np.isfinite(logits)))
+    number = None
     if lines == 3:
         if primary is not None:
-            p = f"{_softmax(logits)[primary]:.3f}" if finite and primary < logits.shape[0] else "-"
-            text.append(f"{name(primary)} {p}")
+            number = f"{_softmax(logits)[primary]:.3f}" if finite and primary < logits.shape[0] else "-"
+            text.append((name(primary), RED))
         else:
-            text.append("no class target")
-        text.append(f"top-1 {name(int(np.argmax(logits)))}" if finite else "top-1 -")
-    for i, line in enumerate(text):
-        draw.text((3, 2 + i * (size + 2)), _fit(draw, line, font, width - 6), fill=RED if i == 1 else INK, font=font)
-    out = np.asarray(panel).copy()
+            text.append(("no class target", INK))
+        text.append((f"top-1 {name(int(np.argmax(logits)))}" if finite else "top-1 -", INK))
+    panel = _blank(height, width)
+    # the probability is drawn on its own at the right: the name's pixels are then the same in
+    # every frame (drawn once), and the number takes one of at most a thousand looks
+    wide = _number_width(size) if number is not None else 0
+    for i, (line, color) in enumerate(text):
+        row = _text_row(line, size, width - wide if i == 1 else width, color)
+        y = 2 + i * (size + 2)
+        panel[y: y + row.shape[0], : row.shape[1]] = row[: max(0, height - y)]
+    if number is not None and wide < width:
+        row = _text_row(number, size, wide, RED)[: max(0, height - (size + 4))]
+        panel[size + 4: size + 4 + row.shape[0], width - wide:] = row
     if height - band >= 8:
-        out[band:] = logits_panel(logits if logits is not None else np.zeros(0), targets, height - band, width)
-    return out
+        panel[band:] = logits_panel(logits if logits is not None else np.zeros(0), targets, height - band, width)
+    return panel
 
 
 class Sparklines:
@@ -115,24 +144,25 @@ class Sparklines:
         size = _font_size(height)
         panel = Image.new("RGB", (width, height), BACKGROUND)
         draw = ImageDraw.Draw(panel)
-        font = _font(size)
-        draw.text((3, 2), f"iteration {iteration}", fill=INK, font=font)
+        rows = [(2, f"iteration {iteration}")]
         top = size + 6
         labels = sorted(self.series)
         if not labels:
-            draw.text((3, top), _fit(draw, "objectives: not read yet", font, width - 6), fill=INK, font=font)
-            return np.asarray(panel).copy()
-        row_h = (height - top) // len(labels)
+            rows.append((top, "objectives: not read yet"))
+        row_h = (height - top) // max(len(labels), 1)
         for k, label in enumerate(labels):
             y0 = top + k * row_h
             values = self.series[label][image] if image < len(self.series[label]) else []
             last = next((v for v in reversed(values) if np.isfinite(v)), None)
-            caption = label if last is None else f"{label} {last:.4g}"
-            draw.text((3, y0), _fit(draw, caption, font, width - 6), fill=INK, font=font)
+            rows.append((y0, label if last is None else f"{label} {last:.4g}"))
             box_top, box_bottom = y0 + size + 3, y0 + row_h - 3
             if box_bottom - box_top >= 4:
                 self._line(draw, values, 3, box_top, width - 4, box_bottom)
-        return np.asarray(panel).copy()
+        out = np.asarray(panel).copy()
+        for y, line in rows:
+            row = _text_row(line, size, width, INK)[: max(0, height - y)]
+            out[y: y + row.shape[0]] = row
+        return out
 
     @staticmethod
     def _line(draw: ImageDraw.ImageDraw, values: list[float], x0: int, y0: int, x1: int, y1: int) -> None:

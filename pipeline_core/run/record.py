@@ -262,8 +262,9 @@ def _contents(path: Path) -> list[Path]:
 
 
 #: what a run writes into its folder, besides the files its record lists
-_RUN_FILES = ("run.json", "checkpoint.pt", "video.mp4", "evaluation.json")
-_RUN_PATTERNS = (".video*", ".run.json.*.tmp", ".checkpoint.pt.*.tmp", ".evaluation.json.*.tmp", ".video.mp4.*")
+_RUN_FILES = ("run.json", "checkpoint.pt", "video.mp4", "evaluation.json", "metrics.jsonl", "report.html")
+_RUN_PATTERNS = (".video*", ".run.json.*.tmp", ".checkpoint.pt.*.tmp", ".evaluation.json.*.tmp", ".video.mp4.*",
+                 ".report.html.*.tmp", ".metrics.jsonl.*.tmp")
 _IMAGE_NAME = re.compile(r"(\d{3}_[a-z0-9-]+|grid)\.png")
 
 
