@@ -8,16 +8,18 @@ through check_step, which hooks the layer it asks for.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import API_VERSION, hookimpl
 from pipeline_core.model import ModelAdapter, ModelOutput, layer_head
-from pipeline_core.objectives import LayerObjective, LayerParams, index_list
+from pipeline_core.objectives import index_list
 from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.context import RunContext
@@ -261,23 +263,17 @@ def test_every_layer_objective_meets_the_step_contract(cls, params):
     check_step(cls, params, dtypes=(torch.float32,))
 
 
-class _EdgeParams(LayerParams):
-    channel: int = Field(0, ge=0, description="The channel whose horizontal edges are rewarded.")
+def _guide_example() -> type:
+    """The layer objective docs/plugins.md shows, executed as a reader would copy it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text[text.index("### An objective on a layer"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    return namespace["EdgeEnergy"]
 
 
-class EdgeEnergy(LayerObjective):
-    """A third-party layer objective: the horizontal variation of one channel."""
-
-    name = "edge-energy"
-    Params = _EdgeParams
-
-    def setup(self, ctx):
-        super().setup(ctx)
-        self.check_channels(ctx, self.params.layer, [self.params.channel], "channel")
-
-    def value(self, ctx, out):
-        a = out.layer(self.params.layer)[self.rows, self.params.channel]
-        return (a[..., 1:] - a[..., :-1]).abs().flatten(1).mean(1)
+EdgeEnergy = _guide_example()
 
 
 class _EdgePlugin:
@@ -288,7 +284,7 @@ class _EdgePlugin:
         registry.add_step(EdgeEnergy)
 
 
-def test_a_third_party_layer_objective_works_through_the_public_api(isolated_registry, tmp_path):
+def test_the_guides_layer_objective_works_through_the_public_api(isolated_registry, tmp_path):
     assert API_VERSION == "1.2"
     assert set(TINY_LAYERS) <= {n for n, _ in TinyNet().named_modules() if n}
     check_step(EdgeEnergy, {"layer": "features.3", "channel": 4}, dtypes=(torch.float32,))
