@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=cmd_validate)
 
     ev = command("evaluate", "score a run's final images with other classifiers")
-    ev.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a run folder (with run.json and images/)")
+    ev.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a run folder (with run.json and images/), or a sweep folder "
+                    "(with sweep.json: every finished job, by class and by value of each axis)")
     ev.add_argument("--model", action="append", required=True, metavar="NAME[,KEY=VALUE...]",
                     help="a model to score with, as 'pipeline models' names it; keys as in a recipe's model "
                          "section, e.g. mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224, and label=NAME "
