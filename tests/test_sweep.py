@@ -153,6 +153,7 @@ def test_contact_sheets_per_axis_value_and_an_overview(small):
         assert im.size[0] > 3 * 128 and im.size[1] > 2 * 128
     with Image.open(out / sheets["axes"]["steps.3.target"]["2"]) as im:  # one class, two seeds
         assert im.size[0] > 2 * 128 and im.size[1] < 2 * 128
+    assert "tench" in (out / "atlas.html").read_text()  # the sweep's page, from sweep.json
 
 
 def test_started_again_a_finished_sweep_skips_every_batch(small):

@@ -112,12 +112,18 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
         data = sweep_index.build_index(plan, sweep_dir, extra, overall.outcomes())
         data["contact_sheets"] = write_sheets(sweep_dir, data)
         sweep_index.write_index(sweep_dir, data)
+        from pipeline_core.output.report import safe_refresh
+
+        problem = safe_refresh(sweep_dir)  # atlas.html, the page of the sweep
+        if problem:
+            say(f"warning: {problem}")
         counts = data["counts"]
         interrupted = result.interrupted or any(
             s and "interrupted" in (s.get("batches") or {}).values() for s in statuses)
         line = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         say(f"sweep {spec.name}: {line} of {plan.total} jobs in {plan.batches and len(plan.batches)} batches; "
-            f"index {sweep_dir / sweep_index.FILE}, contact sheets in {sweep_dir / 'contact'}")
+            f"index {sweep_dir / sweep_index.FILE}, page {sweep_dir / 'atlas.html'}, contact sheets in "
+            f"{sweep_dir / 'contact'}")
         if interrupted:
             say(f"interrupted: start the same command again to continue (finished batches are skipped, the "
                 "interrupted one resumes from its checkpoint)")

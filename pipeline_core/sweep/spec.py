@@ -140,8 +140,10 @@ def load_sweep(path: str | Path, axis_options: Sequence[str] = (), batch_option:
     batch: Any = data.get("batch", "auto")
     batch_where = at("batch")
     if batch_option is not None:
-        batch, batch_where = load_yaml(batch_option) if batch_option.strip() else None, Location(
-            file=f"--batch {batch_option}")
+        batch_where = Location(file=f"--batch {batch_option}")
+        batch = batch_option.strip()
+        if batch.isascii() and batch.isdigit():
+            batch = int(batch)
     if isinstance(batch, str) and batch.strip().lower() == "auto":
         batch = "auto"
     elif isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
