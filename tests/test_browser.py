@@ -135,10 +135,13 @@ class Browser:
     def requests(self) -> list[str]:
         return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
 
-    def screenshot(self, path: Path) -> None:
+    def screenshot(self, path: Path, before: str | None = None) -> None:
+        """The whole page as a PNG; ``before``, a script (a promise) run once it is laid out at full height."""
         size = self.js("({w: document.documentElement.scrollWidth, h: document.documentElement.scrollHeight})")
         self.call("Emulation.setDeviceMetricsOverride", session=True, width=1280, height=min(size["h"], 6000),
                   deviceScaleFactor=1, mobile=False)
+        if before:
+            self.js(before)
         data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True)["data"]
         path.write_bytes(base64.b64decode(data))
         self.call("Emulation.clearDeviceMetricsOverride", session=True)
@@ -234,7 +237,14 @@ def test_the_report_loads_offline_with_every_image_the_video_and_run_json_number
     assert browser.js("document.querySelectorAll('.chart svg').length") >= 3  # loss, the objective, p(target)
 
     shot = tmp_path / "report.png"
-    browser.screenshot(shot)
+    # the video at its middle frame, its controls showing the length
+    browser.screenshot(shot, before="""new Promise(resolve => {
+        const v = document.getElementById('video');
+        const go = () => { v.addEventListener('seeked', () => setTimeout(resolve, 300), {once: true});
+                           v.currentTime = v.duration / 2; };
+        if (v.readyState >= 1) { go(); } else { v.addEventListener('loadedmetadata', go, {once: true}); v.load(); }
+        setTimeout(resolve, 5000);
+    })""")
     assert shot.stat().st_size > 10_000
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOT)
