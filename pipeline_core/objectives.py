@@ -102,6 +102,7 @@ def l1_image(image: torch.Tensor) -> torch.Tensor:
 #: one index, a list of them, or an inclusive range written ``"A-B"`` (``0-15``: sixteen)
 Indices = Union[StrictInt, str, list[StrictInt]]
 
+_MAX_RANGE = 4096  #: the largest batch a recipe may have
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
 
@@ -119,6 +120,9 @@ def index_list(value: Indices, key: str) -> list[int]:
         first, last = int(m.group(1)), int(m.group(2))
         if last < first:
             raise RecipeError(f"the range {value} runs backwards; write {last}-{first}", Location(key=key))
+        if last - first >= _MAX_RANGE:  # one index per image: no batch is that large
+            raise RecipeError(f"the range {value} holds {last - first + 1} indices, more than the {_MAX_RANGE} "
+                              "images a batch may have", Location(key=key))
         out = list(range(first, last + 1))
     else:
         out = list(value)

@@ -226,7 +226,8 @@ def test_a_channel_out_of_range_says_how_many_channels_the_layer_has():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("3-1", "runs backwards"), ("a-b", "FIRST-LAST"), ([], "empty"), ([0, -1], "negative")])
+    ("3-1", "runs backwards"), ("a-b", "FIRST-LAST"), ([], "empty"), ([0, -1], "negative"),
+    ("0-99999999999", "more than the 4096 images")])
 def test_index_ranges_are_read_or_refused_clearly(value, message):
     with pytest.raises(RecipeError, match=message):
         index_list(value, "channel")

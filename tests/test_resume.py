@@ -177,6 +177,12 @@ STEP_EXAMPLES: dict[str, dict] = {
     "crops": {"step": "crops", "views": 2, "size": 24},
     "nadam": {"step": "nadam", "lr": 0.03},
     "keep-photo": {"step": "keep-photo", "weight": 50.0, "sigma": 1.0},
+    "channel": {"step": "channel", "layer": "features.3", "channel": [4, 9]},
+    "neuron": {"step": "neuron", "layer": "features.3", "channel": 2, "x": 3},
+    "direction": {"step": "direction", "layer": "features.2", "direction": [1, -1, 0, 0, 2, 0, 0, 1]},
+    "layer": {"step": "layer", "layer": {"features.2": 1.0, "features.4": 0.5}},
+    "channel-interpolate": {"step": "channel-interpolate", "layer": "features.3", "start": 1, "end": 6},
+    "diversity": {"step": "diversity", "layer": "features.2", "weight": 0.5},
 }
 
 
