@@ -94,19 +94,20 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
             overall.start()
         prefix = f"rank {world.rank}: " if world.size > 1 else ""
         try:
-            result = run_rank(plan, sweep_dir, registry, sets, world, device, status, force,
-                              say=lambda line: say(prefix + line))
-        finally:
-            status.finished = True
-            status.current = None
-            status.write()
-        if overall is None:
-            return 130 if result.interrupted else (1 if result.failed else 0)
-        try:
-            if not result.interrupted:
+            try:
+                result = run_rank(plan, sweep_dir, registry, sets, world, device, status, force,
+                                  say=lambda line: say(prefix + line))
+            finally:
+                status.finished = True
+                status.current = None
+                status.write()
+            if overall is not None and not result.interrupted:
                 overall.wait_for_ranks()
         finally:
-            overall.stop()
+            if overall is not None:
+                overall.stop()  # the bar ends (and the terminal's cursor returns) whatever happened
+        if overall is None:
+            return 130 if result.interrupted else (1 if result.failed else 0)
         statuses = overall.statuses
         extra["throughput"] = _throughput(statuses, time.monotonic() - t_start)
         data = sweep_index.build_index(plan, sweep_dir, extra, overall.outcomes())
@@ -121,7 +122,7 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
         interrupted = result.interrupted or any(
             s and "interrupted" in (s.get("batches") or {}).values() for s in statuses)
         line = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        say(f"sweep {spec.name}: {line} of {plan.total} jobs in {plan.batches and len(plan.batches)} batches; "
+        say(f"sweep {spec.name}: {line} of {plan.total} jobs in {len(plan.batches)} batches; "
             f"index {sweep_dir / sweep_index.FILE}, page {sweep_dir / 'atlas.html'}, contact sheets in "
             f"{sweep_dir / 'contact'}")
         if interrupted:

@@ -13,6 +13,12 @@ finished run of exactly that batch is skipped, whichever sweep made it, so a big
 pieces (``--axis target=0-9``, then ``10-19``) and later whole reuses the pieces' batches
 when the pieces' ranges are multiples of the batch size. The plan depends on nothing but the
 files and options, never on the rank or the number of ranks: every rank computes the same one.
+
+Every batch runs at its setting's seed (the recipe's, or the value of a ``seed`` axis), not
+at one derived from the batch: a one-batch sweep is then exactly ``pipeline run`` with those
+settings, and a batch's folder and bytes depend only on what it holds, which is what lets
+pieces of a sweep be reused by the whole. A class's image depends on its setting, the batch
+size and its place in its batch, and never on which rank, or how many, ran it.
 """
 
 from __future__ import annotations
