@@ -218,3 +218,24 @@ def test_the_panels_text_names_the_target_its_probability_and_the_top_class():
     at_two = spark.panel(0, 2, 96, 96)
     assert spark.iterations == [1, 2]  # nothing after the frame's iteration is read
     assert _blue(at_two.astype(int)) > 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the reading's copy is asynchronous there)")
+def test_on_a_gpu_a_reading_never_synchronises_and_lands_by_the_end(tmp_path):
+    device = torch.device("cuda")
+    log = MetricsLog(tmp_path / "m.jsonl", torch.tensor([2, 0], device=device))
+    logits = torch.randn(2, 1000, device=device)
+    terms = [("step 1 (x)", torch.tensor([1.5, 2.5], device=device))]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for it in range(1, 6):
+            log.record(it, terms[0][1].sum(), terms, logits * it)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    log.close()
+    rows = read_metrics(tmp_path / "m.jsonl")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["terms"] == {"step 1 (x)": [1.5, 2.5]} and rows[-1]["loss"] == 4.0
+    expected = torch.softmax(logits * 5, 1)[[0, 1], [2, 0]].cpu()
+    assert rows[-1]["p_target"] == pytest.approx(expected.tolist(), abs=1e-6)

@@ -123,9 +123,10 @@ class MetricsLog:
         """Write the readings whose copy from the GPU has landed (all of them with ``wait``)."""
         while self._pending:
             iteration, seconds, labels, host, (ready, batch, has_logits) = self._pending[0]
-            if not wait and not ready.query():
-                return
-            ready.synchronize()
+            if not ready.query():  # a query never waits
+                if not wait:
+                    return
+                ready.synchronize()
             self._pending.pop(0)
             self._write(iteration, seconds, labels, host, batch, has_logits)
 

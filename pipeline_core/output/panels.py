@@ -118,11 +118,12 @@ class Sparklines:
     iteration, keeping what it has read, so a frame costs the new rows only.
     """
 
-    def __init__(self, history: list[dict[str, Any]] | None):
+    def __init__(self, history: list[dict[str, Any]] | None, labels: Sequence[str] = ()):
         self.history = history if history is not None else []
         self.read = 0
         self.iterations: list[int] = []
-        self.series: dict[str, list[list[float]]] = {}  #: label -> per image, the values in order
+        #: label -> per image, the values in order; the run's objectives are named from the start
+        self.series: dict[str, list[list[float]]] = {label: [] for label in labels}
 
     def _catch_up(self, iteration: int) -> None:
         while self.read < len(self.history) and self.history[self.read]["iteration"] <= iteration:
@@ -148,7 +149,7 @@ class Sparklines:
         top = size + 6
         labels = sorted(self.series)
         if not labels:
-            rows.append((top, "objectives: not read yet"))
+            rows.append((top, "no objective read yet"))
         row_h = (height - top) // max(len(labels), 1)
         for k, label in enumerate(labels):
             y0 = top + k * row_h

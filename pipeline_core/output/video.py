@@ -124,7 +124,7 @@ class VideoWriter(Writer):
 
     def __init__(self, params, info: FrameInfo, logits_panel: bool = True, path: Path | None = None,
                  encoder_threads: int | None = None, primary: list[int | None] | None = None,
-                 history: list[dict] | None = None):
+                 history: list[dict] | None = None, objectives: list[str] | None = None):
         super().__init__(params, info)
         #: x264's threads; None lets it choose (about 1.5 per core). A run on the CPU passes 1:
         #: the cores belong to PyTorch's threads, and a single encoder thread preempts them less
@@ -136,7 +136,7 @@ class VideoWriter(Writer):
         #: per image, the class whose name and probability the panel shows
         self.primary = primary if primary is not None else [ts[-1] if ts else None for ts in info.targets]
         #: no objective aims at a class: the panels show each objective's course instead of logits
-        self.sparklines = None if any(info.targets) else Sparklines(history)
+        self.sparklines = None if any(info.targets) else Sparklines(history, objectives or [])
         self._encoder: H264Pipe | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0

@@ -30,7 +30,8 @@ from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
 from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
 from pipeline_core.run.record import RunRecord, check_free_space, new_run_id, save_png, versions
-from pipeline_core.step import Step
+from pipeline_core.run.faults import step_label
+from pipeline_core.step import Step, StepKind
 from pipeline_core.writers import FrameInfo, Writer
 
 #: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size)
@@ -174,7 +175,10 @@ class RunFolder:
             writers.append(VideoWriter(None, info, logits_panel=out.logits_panel, path=self.run_dir / name,
                                        encoder_threads=1 if self.device.type == "cpu" else None,
                                        primary=primary_targets(self.targets),
-                                       history=self.metrics.history if self.metrics is not None else None))
+                                       history=self.metrics.history if self.metrics is not None else None,
+                                       objectives=[step_label(step) for spec, step in
+                                                   zip(self.recipe.steps, self.recipe.steps_bound)
+                                                   if spec.cls.kind == StepKind.OBJECTIVE]))
         for options in out.writers:
             cls = registry.writer(options["writer"])
             params = cls.Params.model_validate({k: v for k, v in options.items() if k != "writer"})
