@@ -64,9 +64,25 @@ def line_chart(title: str, ylabel: str, xs: Sequence[int], series: Sequence[tupl
     return _svg(fig, salt)
 
 
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics line as the charts read it: lists of numbers where lists are expected (a file
+    edited or cut by hand leaves a gap in a curve, never a failed page)."""
+    def numbers(v: Any) -> list[Any]:
+        return [x if isinstance(x, (int, float)) and not isinstance(x, bool) else None for x in v] \
+            if isinstance(v, list) else []
+
+    terms = row.get("terms") if isinstance(row.get("terms"), dict) else {}
+    out = {"iteration": row["iteration"], "loss": numbers([row.get("loss")])[0],
+           "terms": {str(k): numbers(v) for k, v in terms.items()}}
+    if isinstance(row.get("p_target"), list):
+        out["p_target"] = numbers(row["p_target"])
+    return out
+
+
 def metric_charts(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, str]]:
     """The report's curves from metrics.jsonl: total loss, each objective (summed over the
     batch, with each image's own line when the batch is small), the target's probability."""
+    rows = [_clean(r) for r in rows]
     if not rows:
         return []
     xs = [int(r["iteration"]) for r in rows]

@@ -87,12 +87,28 @@ def _recipe_yaml(recipe: Any) -> str:
     return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, width=100)
 
 
+def _evaluation(data: Any) -> dict[str, Any] | None:
+    """evaluation.json's tables as the page shows them, whatever a hand-edited file holds."""
+    def tally(t: Any) -> dict[str, Any]:
+        t = _dict(t)
+        return {k: t.get(k) for k in ("images", "top1", "top5", "mean_target_probability")}
+
+    models = []
+    for m in _list(_dict(data).get("models")):
+        if isinstance(m, dict):
+            models.append({"model": str(m.get("model", "?")), "overall": tally(m.get("overall")),
+                           "per_class": {str(k): tally(v) for k, v in _dict(m.get("per_class")).items()},
+                           "images": [i for i in _list(m.get("images")) if isinstance(i, dict)]})
+    return {"models": models} if models else None
+
+
 def _images(record: dict[str, Any], evaluation: dict[str, Any] | None) -> list[dict[str, Any]]:
     judged: dict[str, list[dict[str, Any]]] = {}
     for model in _list(_dict(evaluation).get("models")):
         for item in _list(_dict(model).get("images")):
             if isinstance(item, dict) and isinstance(item.get("file"), str):
-                judged.setdefault(item["file"], []).append({"model": model.get("model"), **item})
+                judged.setdefault(item["file"], []).append({"rank": "?", "target_probability": None, "top1": "?",
+                                                            **item, "model": model.get("model")})
     out = []
     for entry in _list(record.get("images")):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
@@ -158,8 +174,7 @@ def render_report(run_dir: Path) -> str:
     record = _read_json(run_dir / "run.json")
     if not isinstance(record, dict):
         raise ValueError(f"{run_dir / 'run.json'} is missing or not a run record")
-    evaluation = _read_json(run_dir / EVALUATION)
-    evaluation = evaluation if isinstance(evaluation, dict) else None
+    evaluation = _evaluation(_read_json(run_dir / EVALUATION))
     images = _images(record, evaluation)
     rows = read_metrics(run_dir / METRICS_FILE)
     names = [", ".join(i["targets"]) or f"image {k}" for k, i in enumerate(images)]
@@ -203,13 +218,24 @@ def safe_write_report(run_dir: Path) -> str | None:
 # -- sweeps ---------------------------------------------------------------------------------------
 
 
+def _relative(path: Any, folder: Path) -> str | None:
+    """A path of sweep.json as a link from the sweep folder (an absolute one made relative)."""
+    if not isinstance(path, str) or not path:
+        return None
+    if os.path.isabs(path):
+        try:
+            return os.path.relpath(path, folder.resolve())
+        except ValueError:  # another drive (Windows): no relative link exists
+            return None
+    return path
+
+
 def _job(job: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
     targets = [t for t in _list(job.get("targets")) if isinstance(t, dict)]
     top5 = [t for t in _list(job.get("top5")) if isinstance(t, dict)]
     scores = {str(k): v for k, v in _dict(job.get("score")).items() if _is_number(v)}
-    run = job.get("run") if isinstance(job.get("run"), str) else None
+    run, image = (_relative(job.get(key), sweep_dir) for key in ("run", "image"))
     report = f"{run.rstrip('/')}/{REPORT}" if run and (sweep_dir / run / REPORT).is_file() else None
-    image = job.get("image") if isinstance(job.get("image"), str) else None
     target_indices = {t.get("index") for t in targets}
     top = top5[0] if top5 else None
     p_target = next((t.get("p") for t in top5 if t.get("index") in target_indices), None)
