@@ -246,8 +246,10 @@ def test_the_report_loads_offline_with_every_image_the_video_and_run_json_number
         setTimeout(resolve, 5000);
     })""")
     assert shot.stat().st_size > 10_000
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, SCREENSHOT)
+    try:  # the docs' picture of a report, refreshed by every run of the tests where the checkout is writable
+        shutil.copy(shot, SCREENSHOT)
+    except OSError:
+        pass
 
 
 def test_the_atlas_filters_by_class_and_sorts_by_the_independent_score(browser, real_run, tmp_path):

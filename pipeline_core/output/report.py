@@ -126,7 +126,7 @@ def _images(record: dict[str, Any], evaluation: dict[str, Any] | None) -> list[d
     return out
 
 
-def _facts(record: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
+def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
     model = _dict(record.get("model"))
     timings = _dict(record.get("timings"))
     versions = _dict(record.get("versions"))
@@ -186,7 +186,7 @@ def render_report(run_dir: Path) -> str:
     page = _environment().get_template("report.html.j2").render(
         title=title, run_dir=run_dir.name, description=recipe.get("description"),
         record=record, status=str(record.get("status", "?")), message=record.get("message") or "",
-        facts=_facts(record, run_dir), images=images, grid="images/grid.png" if (run_dir / "images" / "grid.png").is_file() else None,
+        facts=_facts(record), images=images, grid="images/grid.png" if (run_dir / "images" / "grid.png").is_file() else None,
         video=_video(record, run_dir), charts=metric_charts(rows, names), metrics_rows=len(rows),
         metrics_file=METRICS_FILE if (run_dir / METRICS_FILE).is_file() else None,
         recipe_yaml=_recipe_yaml(record.get("recipe")), evaluation=evaluation,
