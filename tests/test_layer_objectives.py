@@ -294,3 +294,33 @@ def test_the_guides_layer_objective_works_through_the_public_api(isolated_regist
         recipe["steps"][1] = {"step": "edge-energy", "layer": "features.3", "channel": 4}
         result = run_recipe_dict(recipe, tmp_path / "run", registry=isolated_registry)
     assert result.status == "completed"
+
+
+def test_a_layer_objective_runs_under_bf16_channels_last_and_several_views(tmp_path):
+    recipe = tiny_recipe(batch=2, performance={"precision": "bf16", "channels_last": True})
+    recipe["steps"][1:2] = [{"step": "crops", "views": 3, "size": 24},
+                            {"step": "neuron", "layer": "features.3", "channel": [1, 2]},
+                            {"step": "layer", "layer": "features.2", "weight": 0.1}]
+    result = run_recipe_dict(recipe, tmp_path / "run")
+    assert result.status == "completed" and result.iterations_done == 4
+
+
+class _NoSkeletonPlugin:
+    """A model plugin that offers no skeleton: its layer paths can be checked only once it is built."""
+
+    @hookimpl
+    def register_models(self, registry):
+        from dataclasses import replace
+
+        registry.add_model(replace(TINY_MODEL, name="tiny-no-skeleton", skeleton=None))
+
+
+def test_without_a_skeleton_a_wrong_path_fails_when_the_model_is_built_still_on_its_line(isolated_registry, tmp_path):
+    with registered(_NoSkeletonPlugin(), isolated_registry, name="no-skeleton"):
+        recipe = tiny_recipe(batch=2, model={"name": "tiny-no-skeleton"})
+        recipe["steps"][1] = {"step": "channel-interpolate", "layer": "features.3", "start": 0, "end": 1,
+                              "end_layer": "features.44"}
+        result = run_recipe_dict(recipe, tmp_path / "run", registry=isolated_registry, check=False)
+    assert result.status == "failed" and result.iterations_done == 0
+    assert re.search(r"run\.recipe\.yaml:\d+: step 1 \(channel-interpolate\): key 'end_layer': model "
+                     r"'tiny-no-skeleton' has no layer 'features.44'; nearest: features.4", result.message)
