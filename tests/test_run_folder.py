@@ -340,13 +340,12 @@ def test_an_unknown_layer_is_refused_naming_the_step_and_the_layers(monkeypatch,
                                 {"step": "test-layer-energy", "target": 0, "head": "layer:featurs.0"},
                                 {"step": "gradient-step", "lr": 0.01}])
     path = write(tmp_path, "layer.yaml", recipe)
-    assert cli.main(["validate", str(path)]) == 0  # layers are known once the model is built
-    capsys.readouterr()
-
-    assert cli.main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    line = one_line(capsys)
-    assert "step 1 (test-layer-energy): key 'head'" in line and "has no layer 'featurs.0'" in line
-    assert "did you mean 'features.0'" in line
+    for command in (["validate", str(path)],  # the model's skeleton gives its layers without loading weights
+                    ["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]):
+        assert cli.main(command) == 2
+        line = one_line(capsys)
+        assert "layer.yaml:" in line and "step 1 (test-layer-energy): key 'head'" in line
+        assert "has no layer 'featurs.0'" in line and "nearest: features.0" in line
 
     recipe["steps"][1]["head"] = "layer:features.0"
     assert cli.main(["run", str(write(tmp_path, "ok.yaml", recipe)), "--out", str(tmp_path / "ok"), "--quiet"]) == 0
