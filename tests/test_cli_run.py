@@ -155,7 +155,7 @@ def test_validate_says_when_a_run_will_download(cli, tmp_path):
 
 def test_validate_takes_several_files_one_line_each(cli, mobilenet_path, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((RECIPES / "castle_from_flowers.yaml").read_text().replace("step: blur", "step: blurr"))
+    bad.write_text((RECIPES / "castle_from_flowers.yaml").read_text().replace("step: crops", "step: cropz"))
     good = [RECIPES / "castle_from_flowers.yaml", RECIPES / "octaves.yaml"]
     sets = [a for s in MOBILENET_SETS for a in ("--set", s)]
     proc = cli("validate", str(good[0]), str(bad), str(good[1]), *sets)
@@ -163,7 +163,7 @@ def test_validate_takes_several_files_one_line_each(cli, mobilenet_path, tmp_pat
     out = proc.stdout.strip().splitlines()
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert [ln.split(":")[0] for ln in out] == [str(g) for g in good] and all(": valid (" in ln for ln in out)
-    assert len(err) == 1 and err[0].startswith(f"error: {bad}:") and "unknown step 'blurr'" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}:") and "unknown step 'cropz'" in err[0]
     proc = cli("validate", *map(str, good), *sets)
     assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) == 2
 

@@ -370,3 +370,17 @@ def test_ctrl_c_stops_the_sweep_with_130_and_the_same_command_resumes_to_the_sam
 def test_python_m_pipeline_core_is_the_command():
     proc = run_cli("--version", cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.startswith("pipeline ")
+
+
+def test_the_shipped_atlas_runs_a_range_of_classes_on_the_cpu(mobilenet_path, tmp_path):
+    """recipes/atlas.yaml as its header runs it on a CPU: a range of classes, here cut to 2 iterations."""
+    out = tmp_path / "atlas"
+    proc = run_cli("sweep", str(ROOT / "recipes" / "atlas.yaml"), "--axis", "target=3-4", "--batch", "2",
+                   "--model", f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=64",
+                   "--set", "iterations=2", "--set", "steps.0.size=64", "--set", "device=cpu",
+                   "--set", "output.video=false", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["total"] == 2 and [j["status"] for j in index["jobs"]] == ["completed", "completed"]
+    assert [j["targets"][0]["index"] for j in index["jobs"]] == [3, 4]
+    assert all((out / j["image"]).is_file() for j in index["jobs"])
