@@ -32,7 +32,11 @@ def high_frequency_energy(x: torch.Tensor) -> float:
 
 def test_every_builtin_step_passes_the_contract_checks():
     required = {"init-image": None, "interpolate": {"sizes": [24, 32]}, "gradient-step": {"lr": 0.1},
-                "L1-loss": {"target": 1}, "cross-entropy": {"target": 1}, "target-blend": {"start": 1, "end": 2}}
+                "L1-loss": {"target": 1}, "cross-entropy": {"target": 1}, "target-blend": {"start": 1, "end": 2},
+                "channel": {"layer": "features.3", "channel": 1}, "neuron": {"layer": "features.3", "channel": 1},
+                "direction": {"layer": "features.2", "direction": [1, 0, 0, 0, 0, 0, 0, 1]},
+                "layer": {"layer": "features.4"}, "diversity": {"layer": "features.3"},
+                "channel-interpolate": {"layer": "features.3", "start": 0, "end": 5}}
     for name, entry in REGISTRY.steps.items():
         if name in required and required[name] is None:
             continue  # needs files; covered by its own tests
