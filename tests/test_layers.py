@@ -80,10 +80,15 @@ def test_layers_of_a_model_without_its_weights_json_and_match(capsys):
     assert "at 160x160" in out and "Mixed_7c.branch_pool.conv" in out and "Mixed_6e " not in out
 
 
-def test_layers_refuses_an_unknown_model_in_one_line(capsys):
-    assert pipeline_main(["layers", "mobilenet_v9"]) == 2
+@pytest.mark.parametrize("argv, message", [
+    (["mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+    (["inception_v3", "--size", "99999"], "give a side from 8 to 1024 px"),
+    (["inception_v3", "--size", "16"], "inception_v3 cannot run on a 16x16 px input"),
+])
+def test_layers_refuses_what_it_cannot_list_in_one_line(argv, message, capsys):
+    assert pipeline_main(["layers", *argv]) == 2
     err = capsys.readouterr().err
-    assert "unknown model 'mobilenet_v9'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 # -- wrong layer paths, where the recipe names them --------------------------------------------

@@ -22,6 +22,9 @@ from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError
 from pipeline_core.model import ModelAdapter, layer_paths
 from pipeline_core.registry import Registry
 
+#: the largest input side ``--size`` takes: one CPU forward pass of a big model must stay quick
+MAX_LIST_SIDE = 1024
+
 
 @dataclass
 class LayerRow:
@@ -61,6 +64,9 @@ def _module(text: str, registry: Registry, base: Path | None = None) -> tuple[nn
 
 def list_layers(text: str, registry: Registry, size: int | None = None, base: Path | None = None) -> tuple[str, int, list[LayerRow]]:
     """(model name, input side, one row per module) from one forward pass on the CPU."""
+    if size is not None and not 8 <= size <= MAX_LIST_SIDE:
+        raise RecipeError(f"--size {size}: give a side from 8 to {MAX_LIST_SIDE} px (the shapes scale with it; "
+                          "a larger side only costs time)")
     module, info, name = _module(text, registry, base)
     adapter = ModelAdapter(module, info)
     side = size or info.size or 224
@@ -80,6 +86,9 @@ def list_layers(text: str, registry: Registry, size: int | None = None, base: Pa
     try:
         with torch.no_grad():
             adapter(torch.full((1, 3, side, side), 0.5))
+    except RuntimeError as exc:  # e.g. an input too small for the model's kernels
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RecipeError(f"{name} cannot run on a {side}x{side} px input ({first}); give a larger --size") from None
     finally:
         for h in handles:
             h.remove()
