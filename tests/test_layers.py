@@ -80,6 +80,16 @@ def test_layers_of_a_model_without_its_weights_json_and_match(capsys):
     assert "at 160x160" in out and "Mixed_7c.branch_pool.conv" in out and "Mixed_6e " not in out
 
 
+def test_layers_of_a_plugin_model_are_the_testing_kits_tiny_layers():
+    from pipeline_core.commands.layers import list_layers
+    from pipeline_core.testing import TINY_LAYERS
+
+    name, side, rows = list_layers("tiny-test-model", REGISTRY)
+    assert (name, side) == ("tiny-test-model", 32)
+    got = {r.path: tuple(r.shape) for r in rows if r.path in TINY_LAYERS}
+    assert got == TINY_LAYERS and len(rows) == 8  # features itself, its six modules and fc
+
+
 @pytest.mark.parametrize("argv, message", [
     (["mobilenet_v9"], "unknown model 'mobilenet_v9'"),
     (["inception_v3", "--size", "99999"], "give a side from 8 to 1024 px"),
