@@ -27,8 +27,9 @@ loads).
 Changes: 1.1 made public what plugins were already told to use (:mod:`pipeline_core.context`,
 :mod:`pipeline_core.parameterization`, :mod:`pipeline_core.registry`), added
 ``step.MAX_SIDE``, ``context.to_device``, ``ModelOutput.per_image`` (view steps that show the
-model several views of each image) and ``testing.installed_registry``. 1.2 opened the inside of the model to objectives: a step
-that lists ``model.layer_head(PATH)`` in its ``heads`` reads that module's output with
+model several views of each image) and ``testing.installed_registry``. 1.2 opened the inside
+of the model to objectives: a step that lists ``model.layer_head(PATH)`` in its ``heads``
+reads that module's output with
 ``ModelOutput.layer(PATH)`` (``model.LAYER_PREFIX``, ``model.layer_paths``; only the layers in
 use are hooked), ``objectives.LayerObjective`` and ``LayerParams`` (weight, sign, images, a
 channel check before the first iteration; ``Indices`` and ``index_list`` for ``0-15`` ranges),
