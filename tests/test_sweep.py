@@ -373,11 +373,11 @@ def test_python_m_pipeline_core_is_the_command():
 
 
 def test_the_shipped_atlas_runs_a_range_of_classes_on_the_cpu(mobilenet_path, tmp_path):
-    """recipes/atlas.yaml as its header runs it on a CPU: a range of classes, here cut to 2 iterations."""
+    """recipes/atlas.yaml as its header runs it on a CPU: a range of classes, here cut to 4 iterations."""
     out = tmp_path / "atlas"
     proc = run_cli("sweep", str(ROOT / "recipes" / "atlas.yaml"), "--axis", "target=3-4", "--batch", "2",
                    "--model", f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=64",
-                   "--set", "iterations=2", "--set", "steps.0.size=64", "--set", "device=cpu",
+                   "--set", "iterations=4", "--set", "steps.0.size=64", "--set", "device=cpu",
                    "--set", "output.video=false", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     index = json.loads((out / "sweep.json").read_text())
