@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch import nn
 
 from pipeline_core.errors import ModelLoadError
@@ -229,8 +230,11 @@ class ModelAdapter:
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
+        max_rows: int | None = None,
     ):
         self.info = info
+        #: the most rows (images x views) one model pass takes; more are split (see __call__)
+        self.max_rows = max_rows
         self.device = torch.device(device)
         self.categories = list(info.categories)
         module = module.to(self.device).eval()
@@ -303,6 +307,32 @@ class ModelAdapter:
         return x
 
     def __call__(self, x: torch.Tensor) -> ModelOutput:
+        """The model's outputs for a batch of [0, 1] images (or views).
+
+        With ``max_rows`` set and more rows than that, the batch goes through the model in
+        chunks. Under autograd each chunk is a gradient checkpoint: only its input is kept,
+        and its activations are recomputed, one chunk at a time, during the backward pass, so
+        memory holds one chunk's activations instead of the whole batch's, for the price of a
+        second forward pass. The outputs (and gradients) are those of one pass, up to
+        floating-point rounding.
+        """
+        if self.max_rows is None or x.shape[0] <= self.max_rows:
+            return self._pass(x)
+        names = list(self._heads)
+
+        def run(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self._pass(chunk)
+            return (out.logits, *(out.heads[n] for n in names))
+
+        chunks = x.split(self.max_rows)
+        if torch.is_grad_enabled() and x.requires_grad:
+            parts = [checkpoint(run, c, use_reentrant=False) for c in chunks]
+        else:
+            parts = [run(c) for c in chunks]
+        return ModelOutput(torch.cat([p[0] for p in parts]),
+                           {n: torch.cat([p[i + 1] for p in parts]) for i, n in enumerate(names)})
+
+    def _pass(self, x: torch.Tensor) -> ModelOutput:
         x = self.prepare(x)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()

@@ -8,9 +8,9 @@ These names are fixed because other tools rely on them: ``iterations``, ``seed``
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from pipeline_core.step import MAX_SIDE
 
@@ -82,6 +82,13 @@ class PerformanceSection(Section):
     compile: bool = Field(False, description="torch.compile the model.")
     cudnn_benchmark: bool = Field(False, description="Let cuDNN pick the fastest kernels (non-deterministic).")
     deterministic: bool = Field(False, description="Ask PyTorch for deterministic kernels on the GPU.")
+    max_rows: Union[Annotated[StrictInt, Field(ge=1, le=1_000_000)], Literal["auto"], None] = Field(
+        None,
+        description="The most rows (images x views) the model takes in one pass; a bigger batch goes through in "
+                    "chunks, each a gradient checkpoint (its activations recomputed in the backward pass), so "
+                    "memory holds one chunk's. 'auto': one pass until the device runs out of memory, then halved "
+                    "until it fits (GPUs; run.json records what it became). Default: one pass.",
+    )
     threads: int | None = Field(
         None, ge=1, le=1024,
         description="CPU threads for PyTorch (default: its own choice). The thread count changes how sums are "

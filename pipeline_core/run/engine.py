@@ -86,7 +86,8 @@ def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelA
         raise ModelLoadError(f"could not build model '{recipe.model_spec.name}': {exc}") from exc
     _check_layers(recipe, module)
     return ModelAdapter(module, recipe.model_info, recipe.model_def.heads, sorted(heads), device,
-                        precision=perf.precision, channels_last=perf.channels_last, compile=perf.compile)
+                        precision=perf.precision, channels_last=perf.channels_last, compile=perf.compile,
+                        max_rows=perf.max_rows if isinstance(perf.max_rows, int) else None)
 
 
 def _check_layers(recipe: Recipe, module: torch.nn.Module) -> None:

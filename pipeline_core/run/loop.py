@@ -91,6 +91,9 @@ class Loop:
         self.running = False
         self.where: Step | str | None = None
         self.timings: dict[str, float] = {}
+        #: performance.max_rows 'auto': chunk the model's passes when a GPU runs out of memory
+        self.auto_rows = recipe.model.performance.max_rows == "auto"
+        self.rows = 0  #: rows (images x views) of the last model pass
         #: where the numbers read at the progress display's cadence go (None: nowhere)
         self.metrics: MetricsLog | None = None
         #: the last iteration's objective terms, (step, loss per image)
@@ -150,6 +153,42 @@ class Loop:
                     if check and not finite(x):
                         raise guard.fault(ctx, f"{step_label(s.step)} turned the image into NaN or Inf at iteration {it}")
                 param.set_image(x)
+        total, result, grads = self._fitting_memory(ctx, it, check)
+        params = param.parameters()
+        with torch.no_grad():
+            for s in g.updates:
+                if s.active(it):
+                    self.where = s.step
+                    s.step.update(ctx, params, list(grads))
+                    if check and not all(finite(q) for q in param.parameters()):
+                        raise guard.fault(ctx, guard.bad_update(it, s.step))
+        if check:
+            guard.keep(ctx)
+        return total, result.logits
+
+    def _fitting_memory(self, ctx: RunContext, it: int, check: bool) -> tuple[torch.Tensor, Any, tuple[torch.Tensor, ...]]:
+        """Steps 2-4, again with half as many rows per model pass while a GPU runs out of memory.
+
+        Only with ``performance.max_rows: auto``: the view steps, the model and the backward pass
+        are done again (the stored image has not changed yet), in chunks (see ModelAdapter),
+        and the chunk size stays for the rest of the run and is recorded in run.json.
+        """
+        while True:
+            try:
+                return self._gradients(ctx, it, check)
+            except torch.cuda.OutOfMemoryError:
+                rows = (ctx.model.max_rows or self.rows) // 2
+                if not self.auto_rows or rows < 1:
+                    raise
+                ctx.model.max_rows = rows
+                self.timings["model_rows_per_pass"] = rows
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _gradients(self, ctx: RunContext, it: int, check: bool) -> tuple[torch.Tensor, Any, tuple[torch.Tensor, ...]]:
+        """Steps 2-4 of the anatomy above: the total loss, the model's outputs and the gradients."""
+        g, guard, param = self.groups, self.guard, ctx.param
+        assert param is not None
         image = param.image()
         view = image
         for s in g.view_transforms:
@@ -159,6 +198,7 @@ class Loop:
                 if check and not finite(view):
                     raise guard.fault(ctx, f"{step_label(s.step)} turned the view into NaN or Inf at iteration {it}")
         self.where = "the model"
+        self.rows = view.shape[0]
         result = ctx.model(view).per_image(ctx.batch)
         terms = []
         for s in g.objectives:
@@ -175,20 +215,10 @@ class Loop:
         total = per_image.sum()
         if check and not bool(torch.isfinite(total)):
             raise guard.fault(ctx, guard.diagnose(it, terms, image, result.logits))
-        params = param.parameters()
-        grads = torch.autograd.grad(total, params)
+        grads = torch.autograd.grad(total, param.parameters())
         if check and not all(finite(grad) for grad in grads):
             raise guard.fault(ctx, guard.bad_gradient(it, terms))
-        with torch.no_grad():
-            for s in g.updates:
-                if s.active(it):
-                    self.where = s.step
-                    s.step.update(ctx, params, list(grads))
-                    if check and not all(finite(q) for q in param.parameters()):
-                        raise guard.fault(ctx, guard.bad_update(it, s.step))
-        if check:
-            guard.keep(ctx)
-        return total, result.logits
+        return total, result, grads
 
     def _probability(self, logits: torch.Tensor) -> float | None:
         if self.primary is None:
