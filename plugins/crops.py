@@ -9,7 +9,9 @@ at smaller scales, and no pixel-exact pattern survives the averaging.
 
 The step returns ``K * B`` views ordered view-major (view ``k`` of image ``b`` at row
 ``k * B + b``); the loop averages the model's outputs over each image's views, so every
-objective works unchanged.
+objective works unchanged. The views go through the model in one batched pass; when their
+activations do not fit, ``performance.max_rows`` (a number, or ``auto`` on a GPU) sends them
+in chunks, each recomputed in the backward pass, with the same result.
 
 How:
 
