@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pipeline_core.commands.listings import describe_plugins
+from pipeline_core.hookspecs import API_VERSION
 from pipeline_core.host.manager import build_registry, get_plugin_manager
 
 from conftest import run_cli
@@ -240,7 +241,7 @@ def test_each_broken_plugin_is_reported_in_one_line_and_the_rest_works(on_path):
 
     (line,) = by_plugin["oldapi"]
     assert line == ("plugin 'oldapi' (fake-oldapi 1.2.3) was skipped: it needs plugin API >=0.1,<1, "
-                    "this host provides 1.1")
+                    f"this host provides {API_VERSION}")
 
     (line,) = by_plugin["clash"]
     assert "plugin 'clash' (fake-clash 1.2.3): step 'blur' was not registered" in line
