@@ -296,7 +296,9 @@ def test_a_stop_while_starting_up_is_one_line_and_130(sig, delays, hold_env, tmp
         time.sleep(delay)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:  # it had finished already
+        if proc.returncode == 0 or ("valid" in out and not err.strip()):
+            # it had finished already (a signal during the interpreter's own shutdown, after the
+            # answer was printed, meets Python's default handler again: killed, silently)
             assert "valid" in out
             continue
         lines = [ln for ln in err.splitlines() if ln.strip()]

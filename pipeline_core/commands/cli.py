@@ -22,7 +22,8 @@ def _interrupted_while_starting(signum: int, _frame: object) -> None:
 # while the modules below are still being imported is one line and exit code 130, not a
 # traceback; main() takes over from here.
 _argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-if os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py")):
+_AS_COMMAND = os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py"))
+if _AS_COMMAND:
     for _name, _default in (("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
                             ("SIGHUP", signal.SIG_DFL)):
         _signum = getattr(signal, _name, None)
@@ -476,7 +477,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             return _dispatch(args, stopped)
     except KeyboardInterrupt as exc:
-        return _interrupted(exc)
+        code = _interrupted(exc)
+        if _AS_COMMAND:
+            # An interrupt that landed inside an extension's own start-up code (torch runs Python
+            # snippets from C while it imports) leaves the interpreter marked "interrupted", and
+            # it would end by killing itself with SIGINT (-2) instead of exiting 130. Nothing is
+            # left to clean up before a run has started: flush and leave with the code we mean.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
 
 def _dispatch(args: argparse.Namespace, stopped: Any) -> int:
