@@ -15,7 +15,7 @@ for plugin authors, with a complete package, is ``docs/plugins.md``.
 Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): the API is these hooks and
 exactly the names listed in :data:`PUBLIC_API`, imported from the modules it names (each
 module's ``__all__`` is that list). Everything else is private: the sub-packages
-``pipeline_core.recipe``, ``.run``, ``.output``, ``.host`` and ``.commands`` are the host's
+``pipeline_core.recipe``, ``.run``, ``.output``, ``.host``, ``.sweep`` and ``.commands`` are the host's
 own rooms and change without notice, and so does any name with a leading underscore. A minor
 bump only adds hooks, optional hook arguments, names, methods or optional attributes;
 existing plugins keep working. A major bump may remove or change something and is announced
