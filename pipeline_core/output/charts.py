@@ -79,6 +79,11 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _image_label(names: Sequence[str], i: int) -> str:
+    """A legend entry: the image's index first, since several images often share a target."""
+    return f"{i}: {names[i]}" if i < len(names) else f"image {i}"
+
+
 def metric_charts(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, str]]:
     """The report's curves from metrics.jsonl: total loss, each objective (summed over the
     batch, with each image's own line when the batch is small), the target's probability."""
@@ -98,12 +103,12 @@ def metric_charts(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
         batch = max((len(v) for v in per_image if v), default=0)
         series = [("sum", [sum(x for x in v if x is not None) if v else None for v in per_image])]
         if 1 < batch <= 8:
-            series += [(names[i] if i < len(names) else f"image {i}",
-                        [v[i] if v and i < len(v) else None for v in per_image]) for i in range(batch)]
+            series += [(_image_label(names, i), [v[i] if v and i < len(v) else None for v in per_image])
+                       for i in range(batch)]
         charts.append({"title": label, "svg": line_chart(label, "loss", xs, series, f"term-{k}")})
     if any("p_target" in r for r in rows):
         batch = max(len(r.get("p_target") or []) for r in rows)
-        series = [(names[i] if i < len(names) else f"image {i}",
+        series = [(_image_label(names, i),
                    [(r.get("p_target") or [None] * batch)[i] if i < len(r.get("p_target") or []) else None
                     for r in rows]) for i in range(min(batch, 12))]
         charts.append({"title": "target probability",
