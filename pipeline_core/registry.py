@@ -192,7 +192,12 @@ class Registry:
             why = self.withdrawn.get((what, name))
             if why is not None:
                 raise KeyError(f"{label} '{name}' is not available: {why}") from None
-            raise KeyError(f"unknown {label} '{name}'{did_you_mean(name, table)}") from None
+            hint = did_you_mean(name, table)
+            skipped = [info.label for info in self.plugins.values() if any(" was skipped" in p for p in info.problems)]
+            if not hint and skipped:  # the name may be one a plugin that could not load would have added
+                hint = (f"; plugin {', '.join(skipped)} could not be loaded (see the warning above) and may be "
+                        "the one that provides it")
+            raise KeyError(f"unknown {label} '{name}'{hint}") from None
 
     def step(self, name: str) -> type[Step]:
         """The step class registered as ``name``; KeyError with a spelling hint otherwise."""

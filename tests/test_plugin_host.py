@@ -369,3 +369,23 @@ def test_cli_loads_only_the_selected_plugins(site):
     assert only.returncode == 0 and "darken-test  [transform]  from good" in only.stdout
     assert "from " in only.stdout.split("darken-test  [transform]")[1]  # one step in full: schedule keys too
     assert "warning" not in only.stderr  # the broken ones were never loaded
+
+
+def test_an_unknown_name_points_at_a_plugin_that_could_not_load():
+    """A recipe's step from a plugin that failed to import: the error says which plugin failed."""
+    from pipeline_core.registry import Registry
+
+    registry = Registry()
+    info = registry._info("nightvision")
+    info.package, info.version = "pipeline-nightvision", "2.0"
+    registry._problem("nightvision", "plugin 'nightvision' (pipeline-nightvision 2.0) was skipped: it failed to "
+                                     "import: ModuleNotFoundError: No module named 'cv3'")
+    with pytest.raises(KeyError) as info:
+        registry.step("night-filter")
+    message = str(info.value)
+    assert "unknown step 'night-filter'" in message
+    assert "'nightvision' (pipeline-nightvision 2.0) could not be loaded" in message
+    clean = Registry()
+    with pytest.raises(KeyError) as info:
+        clean.step("night-filter")
+    assert "could not be loaded" not in str(info.value)
