@@ -363,20 +363,28 @@ class ModelScore:
         }
 
 
-def build_adapter(model: EvalModel, registry: Registry, device: torch.device) -> ModelAdapter:
-    """Load a scoring model exactly as a run would (same registry, weights and preprocessing)."""
+def build_module(model: EvalModel, registry: Registry, where: str = "",
+                 skeleton: bool = False) -> tuple[torch.nn.Module, Any]:
+    """The model's module and its preprocessing, as a run would build them; ``skeleton``: the
+    plugin's weightless architecture where it has one (enough for shapes, no download)."""
     try:
         model_def = registry.model(model.name)
     except KeyError as exc:
-        raise RecipeError(f"--model {model.text or model.name}: {exc.args[0]} (see 'pipeline models')") from None
+        raise RecipeError(f"{where}{exc.args[0]} (see 'pipeline models')") from None
     spec = model.spec()
-    info = model_def.describe(spec)
+    make = (model_def.skeleton or model_def.build) if skeleton else model_def.build
     try:
-        module = model_def.build(spec)
+        module = make(spec)
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
         raise ModelLoadError(f"could not build model '{model.name}': {exc}") from exc
+    return module, model_def.describe(spec)
+
+
+def build_adapter(model: EvalModel, registry: Registry, device: torch.device) -> ModelAdapter:
+    """Load a scoring model exactly as a run would (same registry, weights and preprocessing)."""
+    module, info = build_module(model, registry, where=f"--model {model.text or model.name}: ")
     return ModelAdapter(module, info, device=device)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.model import ModelAdapter, layer_paths
 from pipeline_core.registry import Registry
 
@@ -43,22 +43,10 @@ class LayerRow:
 
 
 def _module(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
-    from pipeline_core.commands.evaluate import RUN_KEYS, parse_model_arg
+    from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
 
     model = parse_model_arg(text, base, RUN_KEYS)
-    try:
-        model_def = registry.model(model.name)
-    except KeyError as exc:
-        raise RecipeError(f"{exc.args[0]} (see 'pipeline models')") from None
-    spec = model.spec()
-    info = model_def.describe(spec)
-    make = model_def.skeleton or model_def.build
-    try:
-        module = make(spec)
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
-        raise ModelLoadError(f"could not build model '{model.name}': {exc}") from exc
+    module, info = build_module(model, registry, skeleton=True)
     return module, info, model.name
 
 
