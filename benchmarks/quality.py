@@ -241,9 +241,26 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 # -- scoring --------------------------------------------------------------------------------------
 
 
-def evaluate(run_dir: Path, cmd: list[str], env: dict[str, str], judges: list[str]) -> dict[str, Any]:
+def generator_from(spec: str | None) -> tuple[list[str], str, str]:
+    """The --set overrides, the reference judge and its label for a generator given as
+    ``NAME[,KEY=VALUE...]`` (``pipeline evaluate --model``'s form; default the real MobileNetV2)."""
+    if spec is None:
+        return list(GENERATOR_SETS), GENERATOR_JUDGE, GENERATOR_LABEL
+    name, *pairs = spec.split(",")
+    sets = [f"model.name={name}"]
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key in ("mean", "std") and "[" not in value:
+            value = f"[{value},{value},{value}]"
+        sets.append(f"model.{key}={value}")
+    label = f"{name} (generator)"
+    return sets, f"{spec},label={label}", label
+
+
+def evaluate(run_dir: Path, cmd: list[str], env: dict[str, str], judges: list[str],
+             reference: str = GENERATOR_JUDGE) -> dict[str, Any]:
     args = cmd + ["evaluate", str(run_dir)]
-    for j in judges + [GENERATOR_JUDGE]:
+    for j in judges + [reference]:
         args += ["--model", j]
     run_logged(args, run_dir / "evaluate.log", env)
     return json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
@@ -260,7 +277,7 @@ def tally(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "median_rank": statistics.median(e["rank"] for e in entries)}
 
 
-def aggregate(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(evaluations: list[dict[str, Any]], generator_label: str = GENERATOR_LABEL) -> dict[str, Any]:
     """Each judge's scores over all runs (starts), overall and per class, and its images."""
     per_model: dict[str, list[dict[str, Any]]] = {}
     for k, ev in enumerate(evaluations):
@@ -273,7 +290,7 @@ def aggregate(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
             classes.setdefault(img["target"], []).append(img)
         out[label] = {"overall": tally(images), "per_class": {c: tally(v) for c, v in classes.items()},
                       "images": images}
-    independent = [out[j]["overall"] for j in out if j != GENERATOR_LABEL and out[j]["overall"]["images"]]
+    independent = [out[j]["overall"] for j in out if j != generator_label and out[j]["overall"]["images"]]
     if independent:
         out["mean of judges"] = {"overall": {k: round(statistics.fmean(o[k] for o in independent), 4)
                                              for k in ("top1", "top5", "mean_target_probability")}}
@@ -307,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maco-steps", type=int, help="MACO steps (default: the budget / its 6 crops per step)")
     ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every run (default 1)")
+    ap.add_argument("--generator", metavar="MODEL",
+                    help="the model the recipe runs on, as NAME[,KEY=VALUE...] (default: the real MobileNetV2 of "
+                         "../shared/models); pass --judges that exclude it")
     ap.add_argument("--judges", nargs="+", default=JUDGES, help="independent judges (pipeline evaluate --model)")
     ap.add_argument("--name", help="name of this measurement (run folders, JSON)")
     ap.add_argument("--runs", type=Path, help="parent of the run folders (default runs/quality/NAME)")
@@ -317,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                          "all of it, e.g. 0.3 for MACO, whose model only ever sees crops of 25-30%% of the side "
                          "near the centre (default 1: the whole image)")
     args = ap.parse_args(argv)
+    generator_sets, reference, generator_label = generator_from(args.generator)
 
     if args.peer and args.task != "noise":
         ap.error("--peer makes class images from noise only (--task noise)")
@@ -369,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.maco_steps:
                 run_cmd += ["--maco-steps", str(args.maco_steps)]
         else:
-            sets = list(GENERATOR_SETS)
+            sets = list(generator_sets)
             sets += [f"steps.{target_i}.target=[{', '.join(map(str, targets))}]", f"batch={n}",
                      f"iterations={iterations}", "output.video=false"]
             if args.task == "photos":
@@ -398,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                          "image_iterations_per_second": (record.get("timings") or {}).get("image_iterations_per_second")})
         scored = run_dir if args.score_crop >= 1 else centre_crops(run_dir, args.score_crop)
         run_info[-1]["scored"] = str(scored)
-        evaluations.append(evaluate(scored, cmd, env, args.judges))
+        evaluations.append(evaluate(scored, cmd, env, args.judges, reference))
     total = time.perf_counter() - t0
 
     finals = [Path(r["scored"]) / "images" / img["file"]
@@ -406,14 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "name": name, "task": args.task, "split": args.split, "source": source,
         "recipe": None if args.peer else str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
-        "sets": args.sets, "generator": GENERATOR_SETS, "judges": args.judges,
+        "sets": args.sets, "generator": generator_sets, "judges": args.judges,
         "classes": [{"index": t, "name": nm, **({"photo": it[0]} if args.task == "photos" else {})}
                     for t, nm, it in zip(targets, names, items)],
         "starts": starts, "iterations": iterations, "threads": args.threads, "score_crop": args.score_crop,
         "image_iterations": sum(r["image_iterations"] for r in run_info),
         "wall_seconds": round(total, 1), "runs": run_info,
         "commands": [" ".join(c) for c in commands],
-        "scores": aggregate(evaluations),
+        "scores": aggregate(evaluations, generator_label),
         "tone": {"final_images": tone(finals), "real_photos": tone(photo_paths())},
     }
     if args.task == "photos":
@@ -491,7 +512,7 @@ def report(result: dict[str, Any]) -> None:
         o = s["overall"]
         print(f"| {label} | {o.get('images', '')} | {pct(o['top1'])} | {pct(o['top5'])} | "
               f"{o['mean_target_probability']:.3f} |")
-    judges = [j for j in scores if j not in (GENERATOR_LABEL, "mean of judges")]
+    judges = [j for j in scores if not j.endswith("(generator)") and j != "mean of judges"]
     print("\n| class | " + " | ".join(f"{j} top-1/top-5/p" for j in judges) + " |")
     print("|---|" + "---:|" * len(judges))
     for c in dict.fromkeys(c["name"] for c in result["classes"]):

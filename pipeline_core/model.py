@@ -146,6 +146,14 @@ class ModelDef:
 class ModelOutput:
     logits: torch.Tensor
     heads: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the outputs before :meth:`per_image` averaged them over the views (None: one view each)
+    all_views: "ModelOutput | None" = field(default=None, repr=False)
+
+    def per_view(self) -> "ModelOutput":
+        """The outputs of every row the model saw, views not averaged (view ``k`` of image ``b``
+        at row ``k * B + b``): for statistics that an average over views would change, such as
+        a layer's variance."""
+        return self.all_views if self.all_views is not None else self
 
     def head(self, name: str) -> torch.Tensor:
         return self.logits if name == "logits" else self.heads[name]
@@ -177,7 +185,7 @@ class ModelOutput:
         def mean(t: torch.Tensor) -> torch.Tensor:
             return t.view(views, batch, *t.shape[1:]).mean(0)
 
-        return ModelOutput(mean(self.logits), {k: mean(v) for k, v in self.heads.items()})
+        return ModelOutput(mean(self.logits), {k: mean(v) for k, v in self.heads.items()}, all_views=self)
 
 
 def _submodule(module: nn.Module, dotted: str) -> nn.Module:
@@ -271,6 +279,14 @@ class ModelAdapter:
             layer.register_forward_hook(keep)
             self._hooked.add(key)
         self._heads[name] = (key, head)
+
+    def add_layers(self, paths: Sequence[str]) -> None:
+        """Capture more layers from now on (``out.layer(path)``), for a step that finds the layers
+        it reads in the built model, e.g. every batch-norm layer; call it from ``setup``."""
+        for path in paths:
+            if layer_head(path) not in self._heads:
+                self._add_head(layer_head(path), None)
+        self._shapes = None
 
     def _feature(self, key: str) -> torch.Tensor:
         try:

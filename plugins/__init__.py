@@ -2,6 +2,7 @@
 
 from . import (
     blur,
+    bn_statistics,
     color_jitter,
     crops,
     cross_entropy,
@@ -18,6 +19,7 @@ from . import (
     phase_image,
     rotate,
     target_blend,
+    tone,
     torchvision_models,
     updates,
     view_transforms,
@@ -39,6 +41,8 @@ BUILTIN_PLUGINS = [
     layer_objectives,
     diversity,
     keep_photo,
+    bn_statistics,
+    tone,
     updates,
     nadam,
     fourier_image,

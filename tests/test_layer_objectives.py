@@ -278,7 +278,7 @@ class _EdgePlugin:
 
 
 def test_the_guides_layer_objective_works_through_the_public_api(isolated_registry, tmp_path):
-    assert API_VERSION == "1.2"
+    assert API_VERSION.split(".")[0] == "1" and float(API_VERSION) >= 1.2
     assert set(TINY_LAYERS) <= {n for n, _ in TinyNet().named_modules() if n}
     check_step(EdgeEnergy, {"layer": "features.3", "channel": 4}, dtypes=(torch.float32,))
     with registered(_EdgePlugin(), isolated_registry, name="edge-plugin"):

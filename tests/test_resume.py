@@ -177,6 +177,8 @@ STEP_EXAMPLES: dict[str, dict] = {
     "crops": {"step": "crops", "views": 2, "size": 24},
     "nadam": {"step": "nadam", "lr": 0.03},
     "keep-photo": {"step": "keep-photo", "weight": 50.0, "sigma": 1.0},
+    "tone": {"step": "tone", "weight": 50.0, "std": [0.2, 0.25]},
+    "bn-statistics": {"step": "bn-statistics", "weight": 0.5, "over": "image", "first": 3.0},
     "channel": {"step": "channel", "layer": "features.3", "channel": [4, 9]},
     "neuron": {"step": "neuron", "layer": "features.3", "channel": 2, "x": 3},
     "direction": {"step": "direction", "layer": "features.2", "direction": [1, -1, 0, 0, 2, 0, 0, 1]},

@@ -1,0 +1,127 @@
+"""bn-statistics: the image's inner statistics held at those of the photos the model learned from.
+
+A batch-norm layer keeps, from training, the mean and variance of every channel over
+ImageNet's photographs. An image made by gradient descent on a class drives a few channels far
+outside that range (that is how it gets its logit up) and leaves the picture with a texture no
+photo has, which other models do not recognise. DeepInversion (Yin et al. 2020) penalises the
+distance between the image's statistics at every batch-norm layer and the stored ones, so the
+class has to grow out of features photographs also have; its images are recognised by models
+that took no part in making them, which is what a picture needs.
+
+The statistics are read at each batch-norm layer's output: in eval mode that is the layer's
+input standardised by the stored mean and variance, then scaled by the layer's ``weight`` and
+shifted by its ``bias``, so a photo-like input gives, per channel, mean ``bias`` and variance
+``weight**2`` (less the layer's epsilon). The penalty is, per layer, the Euclidean distance of
+the channels' means to that and of their variances to that, averaged over the layers.
+
+``over: batch`` takes the statistics over all the images and views at once, as DeepInversion
+does: a channel may be high in one image if it is low in another, as in a batch of photos of
+many classes; the images then affect one another (the penalty is shared among them equally).
+``over: image`` takes them over each image's own views and positions: independent images,
+each held to the average photo.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from pipeline_core.errors import Location, RecipeError
+from pipeline_core.hookspecs import hookimpl
+from pipeline_core.step import Step, StepKind, StepParams
+
+
+class BNStatisticsParams(StepParams):
+    weight: float = Field(1.0, ge=0, description="Multiplies the penalty (the mean over the layers of the distance "
+                                                 "of the channels' means plus that of their variances).")
+    over: Literal["batch", "image"] = Field(
+        "batch", description="batch: statistics over all the images and views together, as DeepInversion (the "
+                             "images share the penalty); image: over each image's own views and positions.")
+    first: float = Field(1.0, ge=0, description="Multiplies the first batch-norm layer's term: the one nearest "
+                                                "the pixels, which decides colour and contrast.")
+    layers: list[str] | None = Field(None, description="Paths of the batch-norm layers to read (default: all of "
+                                                       "them, 'pipeline layers MODEL --match bn' lists them).")
+
+
+def batchnorm_layers(module: nn.Module) -> list[str]:
+    """Paths of the model's 2-d batch-norm layers that keep running statistics, in order."""
+    return [name for name, m in module.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_var is not None]
+
+
+def _folded(bn: nn.BatchNorm2d) -> bool:
+    """True for a layer whose statistics were folded away (an identity standardisation)."""
+    with torch.no_grad():
+        return bool((bn.running_mean == 0).all() and torch.allclose(bn.running_var + bn.eps, torch.ones(()),
+                                                                      atol=1e-6)
+                    and (bn.weight is None or (bn.weight == 1).all()))
+
+
+class BNStatistics(Step):
+    """Penalise the distance of the image's per-channel statistics to the model's batch-norm statistics."""
+
+    name = "bn-statistics"
+    kind = StepKind.OBJECTIVE
+    Params = BNStatisticsParams
+
+    def bind(self, plan) -> None:
+        self.batch = plan.batch
+
+    def setup(self, ctx) -> None:
+        module = ctx.model.module
+        found = batchnorm_layers(module)
+        paths = list(self.params.layers) if self.params.layers is not None else found
+        where = Location(step_index=self.index, step_name=self.name, key="layers")
+        if not paths:
+            raise RecipeError("the model has no batch-norm layer with running statistics, so there is nothing to "
+                              "match; remove this step (or use a model with BatchNorm2d layers)", where)
+        bad = [p for p in paths if p not in found]
+        if bad:
+            raise RecipeError(f"'{bad[0]}' is not a batch-norm layer of the model; "
+                              f"the model has {len(found)} ({', '.join(found[:3])}, ...)", where)
+        if all(_folded(module.get_submodule(p)) for p in paths):
+            raise RecipeError("the model's batch-norm layers are folded into its convolutions (weight 1, mean 0, "
+                              "variance 1): they keep no statistics of photographs to match; remove this step, or "
+                              "use weights with real batch-norm statistics (torchvision's)", where)
+        ctx.model.add_layers(paths)
+        self.paths = paths
+        self.targets_ = []
+        for p in paths:
+            bn = module.get_submodule(p)
+            gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(bn.running_var)
+            beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            var = bn.running_var.detach().float()
+            self.targets_.append((beta.to(ctx.device), (gamma.square() * var / (var + bn.eps)).to(ctx.device)))
+        scale = torch.ones(len(paths), device=ctx.device)
+        scale[0] = self.params.first
+        self.scale = scale / len(paths)
+
+    def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
+        views = out.per_view()
+        batch = self.batch
+        total = torch.zeros(batch, device=image.device)
+        for (mean_t, var_t), path, s in zip(self.targets_, self.paths, self.scale):
+            act = views.layer(path)  # (views * batch, C, H, W)
+            if self.params.over == "batch":
+                dims = (0, *range(2, act.dim()))
+                mean, var = act.mean(dims), act.var(dims, unbiased=False)
+                term = (mean - mean_t).norm() + (var - var_t).norm()
+                total = total + s * term / batch
+            else:
+                act = act.view(-1, batch, *act.shape[1:])  # (views, batch, C, H, W)
+                dims = (0, *range(3, act.dim()))
+                mean, var = act.mean(dims), act.var(dims, unbiased=False)  # (batch, C)
+                term = (mean - mean_t).norm(dim=1) + (var - var_t).norm(dim=1)
+                total = total + s * term
+        return self.params.weight * total
+
+    def record(self) -> dict:
+        return {"layers": len(getattr(self, "paths", []))}
+
+
+@hookimpl
+def register_steps(registry):
+    registry.add_step(BNStatistics)

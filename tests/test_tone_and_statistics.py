@@ -1,0 +1,158 @@
+"""tone and bn-statistics: the priors that hold an image to the statistics of photographs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pipeline_core.errors import RecipeError
+from pipeline_core.model import ModelAdapter, ModelInfo, layer_head
+from pipeline_core.testing import TinyNet, check_step, run_recipe_dict, tiny_recipe
+from pipeline_plugins.bn_statistics import BNStatistics, BNStatisticsParams, batchnorm_layers
+from pipeline_plugins.tone import Tone, ToneParams
+
+
+# -- tone -----------------------------------------------------------------------------------------
+
+def _grey_with_contrast(spread: float, mean: float = 0.5) -> torch.Tensor:
+    """A (1, 3, 16, 16) grey image of half +spread, half -spread around mean: luminance std = spread."""
+    y = torch.full((16, 16), mean)
+    y[:, :8] += spread
+    y[:, 8:] -= spread
+    return y.expand(1, 3, 16, 16).clone()
+
+
+def test_tone_is_free_inside_the_ranges_and_penalises_a_hazy_image():
+    step = Tone(ToneParams(weight=10.0, std=(0.2, 0.3), mean=(0.3, 0.6)))
+    assert float(step.loss(None, None, _grey_with_contrast(0.25))) == pytest.approx(0.0, abs=1e-12)
+    hazy = _grey_with_contrast(0.05).requires_grad_(True)
+    loss = step.loss(None, None, hazy)
+    # the sample std of a half/half image of +-0.05 is 0.05 * sqrt(256/255)
+    expected = 10.0 * (0.2 - 0.05 * (256 / 255) ** 0.5) ** 2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+    loss.sum().backward()
+    left, right = hazy.grad[0, :, :, :8], hazy.grad[0, :, :, 8:]
+    assert bool((left < 0).all()) and bool((right > 0).all())  # descending spreads the two halves apart
+
+
+def test_tone_pulls_a_dark_image_up_and_a_glaring_one_down():
+    step = Tone(ToneParams(weight=1.0))
+    for level, direction in ((0.1, -1), (0.9, 1)):
+        image = _grey_with_contrast(0.25, mean=level).clamp(0, 1).requires_grad_(True)
+        step.loss(None, None, image).sum().backward()
+        assert float(image.grad.mean()) * direction > 0
+
+
+def test_tone_refuses_a_range_upside_down():
+    with pytest.raises(ValueError, match=r"'std' must be \[low, high\]"):
+        ToneParams(std=(0.3, 0.2))
+
+
+def test_tone_contract_and_a_real_run_that_gains_contrast(tmp_path):
+    check_step(Tone, {"weight": 50.0})
+    recipe = tiny_recipe(iterations=30)
+    recipe["steps"][0]["scale"] = 0.02  # a flat grey start: luminance std about 0.01
+    recipe["steps"].insert(-1, {"step": "tone", "weight": 1000.0})
+    recipe["steps"][-1] = {"step": "adam", "lr": 0.02}
+    run_recipe_dict(recipe, tmp_path / "run")
+    final = sorted((tmp_path / "run" / "images").glob("*.png"))[0]
+    pixels = np.asarray(Image.open(final).convert("L")) / 255.0
+    assert pixels.std() > 0.1
+
+
+# -- bn-statistics --------------------------------------------------------------------------------
+
+def _adapter(module: nn.Module) -> ModelAdapter:
+    return ModelAdapter(module, ModelInfo(categories=[str(i) for i in range(10)], mean=(0.5,) * 3, std=(0.5,) * 3,
+                                          size=None))
+
+
+class _Ctx:
+    def __init__(self, adapter):
+        self.model, self.device = adapter, torch.device("cpu")
+
+
+def _bound(adapter, batch: int, **params) -> BNStatistics:
+    step = BNStatistics(BNStatisticsParams(**params))
+
+    class _Plan:
+        pass
+
+    plan = _Plan()
+    plan.batch = batch
+    step.bind(plan)
+    step.setup(_Ctx(adapter))
+    return step
+
+
+def _calibrated_tinynet() -> TinyNet:
+    """TinyNet whose batch-norm layer holds the statistics of its input on 32 px uniform noise."""
+    net = TinyNet()
+    conv = net.features[0]
+    with torch.no_grad():
+        x = (torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) - 0.5) / 0.5
+        pre = conv(x).transpose(0, 1).flatten(1)
+        net.features[1].running_mean.copy_(pre.mean(1))
+        net.features[1].running_var.copy_(pre.var(1, unbiased=False))
+    return net.eval()
+
+
+def test_the_penalty_follows_deepinversion_on_the_layer_input():
+    net = _calibrated_tinynet()
+    adapter = _adapter(net)
+    step = _bound(adapter, batch=2, weight=1.0)
+    assert step.paths == ["features.1"] == batchnorm_layers(net)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.3 + 0.6  # bright and flat
+    loss = step.loss(_Ctx(adapter), adapter(x).per_image(2), x)
+    bn = net.features[1]
+    with torch.no_grad():
+        out = bn(net.features[0]((x - 0.5) / 0.5)).transpose(0, 1).flatten(1)
+        target_var = bn.weight ** 2 * bn.running_var / (bn.running_var + bn.eps)
+        expected = (out.mean(1) - bn.bias).norm() + (out.var(1, unbiased=False) - target_var).norm()
+    assert torch.allclose(loss, torch.full((2,), float(expected) / 2), rtol=1e-5)  # shared by the two images
+    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # like the calibration
+    assert float(step.loss(_Ctx(adapter), adapter(noise).per_image(2), noise).sum()) < 0.2 * float(loss.sum())
+
+
+def test_over_image_keeps_the_images_apart_and_reads_every_view():
+    net = _calibrated_tinynet()
+    adapter = _adapter(net)
+    step = _bound(adapter, batch=2, over="image")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    x[1] = 0.9  # one noise image, one flat
+    views = torch.cat([x, x.flip(-1)])  # two views of each image: rows k * B + b
+    loss = step.loss(_Ctx(adapter), adapter(views).per_image(2), x)
+    alone = _bound(adapter, batch=1, over="image")
+    first = alone.loss(_Ctx(adapter), adapter(torch.cat([x[:1], x[:1].flip(-1)])).per_image(1), x[:1])
+    assert float(loss[0]) == pytest.approx(float(first[0]), rel=1e-5)  # image 0 is unaffected by image 1
+    assert float(loss[1]) > 2 * float(loss[0])
+
+
+def test_per_view_keeps_the_rows_that_per_image_averages():
+    adapter = _adapter(TinyNet().eval())
+    adapter.add_layers(["features.1"])
+    out = adapter(torch.rand(6, 3, 32, 32)).per_image(2)
+    assert out.layer("features.1").shape[0] == 2 and out.per_view().layer("features.1").shape[0] == 6
+    assert layer_head("features.1") in adapter(torch.rand(1, 3, 32, 32)).heads
+
+
+def test_folded_batch_norm_and_a_wrong_layer_are_refused_before_the_run():
+    net = TinyNet().eval()
+    with torch.no_grad():
+        net.features[1].weight.fill_(1.0)
+        net.features[1].running_var.fill_(1.0 - net.features[1].eps)
+    with pytest.raises(RecipeError, match="folded into its convolutions"):
+        _bound(_adapter(net), batch=1)
+    with pytest.raises(RecipeError, match="'features.0' is not a batch-norm layer"):
+        _bound(_adapter(TinyNet().eval()), batch=1, layers=["features.0"])
+
+
+def test_bn_statistics_contract_and_a_real_run(tmp_path):
+    check_step(BNStatistics, {"weight": 0.5, "first": 5.0})
+    recipe = tiny_recipe(iterations=4)
+    recipe["steps"].insert(-1, {"step": "bn-statistics", "weight": 0.5, "over": "image"})
+    result = run_recipe_dict(recipe, tmp_path / "run")
+    assert result.status == "completed"
