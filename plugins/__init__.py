@@ -22,6 +22,7 @@ from . import (
     tone,
     torchvision_models,
     updates,
+    view_noise,
     view_transforms,
 )
 
@@ -34,6 +35,7 @@ BUILTIN_PLUGINS = [
     rotate,
     view_transforms,
     crops,
+    view_noise,
     octave,
     l1_loss,
     cross_entropy,

@@ -156,3 +156,33 @@ def test_bn_statistics_contract_and_a_real_run(tmp_path):
     recipe["steps"].insert(-1, {"step": "bn-statistics", "weight": 0.5, "over": "image"})
     result = run_recipe_dict(recipe, tmp_path / "run")
     assert result.status == "completed"
+
+
+# -- noise (randomised smoothing on the view) ------------------------------------------------------
+
+def test_noise_adds_fresh_seeded_gaussian_noise_to_the_view_only(tmp_path):
+    from pipeline_plugins.view_noise import Noise, NoiseParams
+
+    check_step(Noise, {"std": 0.2})
+
+    class _Gen:
+        def __init__(self):
+            self.g = torch.Generator().manual_seed(5)
+
+        def generator(self, step):
+            return self.g
+
+    step = Noise(NoiseParams(std=0.2))
+    ctx = _Gen()
+    x = torch.full((4, 3, 64, 64), 0.5, requires_grad=True)
+    first, second = step.apply(ctx, x), step.apply(ctx, x)
+    added = (first - 0.5).detach()
+    assert abs(float(added.mean())) < 0.01 and float(added.std()) == pytest.approx(0.2, rel=0.03)
+    assert not torch.equal(first, second)  # a new draw every iteration
+    first.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # the gradient passes through unchanged
+    with pytest.raises(RecipeError, match="use on: view"):
+        Noise(NoiseParams(on="image")).bind(None)
+    recipe = tiny_recipe(iterations=4)
+    recipe["steps"].insert(1, {"step": "noise", "std": 0.1})
+    assert run_recipe_dict(recipe, tmp_path / "run").status == "completed"
