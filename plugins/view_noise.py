@@ -17,9 +17,9 @@ generator seeded by it), so runs replay and resume exactly.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
@@ -30,7 +30,18 @@ from .crops import _gaussian
 
 class NoiseParams(TransformParams):
     on: Literal["image", "view"] = Field("view", description="view only: the stored image is never noised.")
-    std: float = Field(0.1, ge=0, le=1, description="Standard deviation of the noise, in the [0, 1] pixel range.")
+    std: Union[float, tuple[float, float]] = Field(
+        0.1, description="Standard deviation of the noise, in the [0, 1] pixel range: one number, or [start, end] "
+                         "moving linearly over the step's active iterations (strong noise first: the large shapes "
+                         "form; weak noise last: the detail comes).")
+
+    @field_validator("std")
+    @classmethod
+    def _in_range(cls, v):
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if not 0 <= x <= 1:
+                raise ValueError(f"a standard deviation must lie in [0, 1], not {x}")
+        return v
 
 
 class Noise(Step):
@@ -45,10 +56,18 @@ class Noise(Step):
             raise RecipeError("noise would make the stored image grainier every iteration; it acts on what the "
                               "model sees: use on: view", Location(key="on"))
 
+    def std_at(self, iteration: int) -> float:
+        """The noise's standard deviation at ``iteration``."""
+        std = self.params.std
+        if not isinstance(std, tuple):
+            return float(std)
+        t = self.schedule.progress(iteration) if self.schedule is not None else 0.0
+        return float(std[0] + (std[1] - std[0]) * t)
+
     def apply(self, ctx, x):
-        if self.params.std == 0:
-            return x
-        return x + self.params.std * _gaussian(tuple(x.shape), ctx.generator(self), x)
+        std = self.std_at(ctx.iteration)
+        noise = _gaussian(tuple(x.shape), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
+        return x + std * noise if std else x
 
 
 @hookimpl

@@ -168,6 +168,7 @@ def test_noise_adds_fresh_seeded_gaussian_noise_to_the_view_only(tmp_path):
     class _Gen:
         def __init__(self):
             self.g = torch.Generator().manual_seed(5)
+            self.iteration = 0
 
         def generator(self, step):
             return self.g
@@ -183,6 +184,12 @@ def test_noise_adds_fresh_seeded_gaussian_noise_to_the_view_only(tmp_path):
     assert torch.equal(x.grad, torch.ones_like(x))  # the gradient passes through unchanged
     with pytest.raises(RecipeError, match="use on: view"):
         Noise(NoiseParams(on="image")).bind(None)
+    from pipeline_core.recipe.schedule import Schedule
+
+    falling = Noise(NoiseParams(std=(0.2, 0.05)), 0, Schedule.always(11))
+    assert [round(falling.std_at(i), 6) for i in (0, 5, 10)] == [0.2, 0.125, 0.05]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        NoiseParams(std=(0.2, 1.5))
     recipe = tiny_recipe(iterations=4)
-    recipe["steps"].insert(1, {"step": "noise", "std": 0.1})
+    recipe["steps"].insert(1, {"step": "noise", "std": [0.1, 0.02]})
     assert run_recipe_dict(recipe, tmp_path / "run").status == "completed"
