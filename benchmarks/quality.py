@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, help="iterations (budget per image; default: the recipe's)")
     ap.add_argument("--classes", type=int, help="use the first N classes or pairs of the split "
                                                 f"(held-out noise default {HELD_OUT_DEFAULT_CLASSES})")
+    ap.add_argument("--skip", type=int, default=0, metavar="K",
+                    help="leave out the split's first K classes or pairs (with --classes: a second sample of a "
+                         "tuning split; never a way to choose held-out classes)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="passed through to 'pipeline run' after the benchmark's own overrides")
     ap.add_argument("--peer", choices=("lucent", "maco"), help="make the images with a peer tool instead")
@@ -353,9 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         items = TUNING_PAIRS if args.split == "tuning" else HELD_OUT_PAIRS
         default_n = len(items)
-    n = args.classes or default_n
+    if not 0 <= args.skip < len(items):
+        ap.error(f"--skip must be 0..{len(items) - 1} for this split")
+    items = items[args.skip:]
+    n = args.classes or min(default_n, len(items))
     if not 1 <= n <= len(items):
-        ap.error(f"--classes must be 1..{len(items)} for this split")
+        ap.error(f"--classes must be 1..{len(items)} for this split (after --skip)")
     items = items[:n]
     targets = [it[-2] for it in items]
     names = [it[-1] for it in items]
@@ -430,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "sets": args.sets, "generator": generator_sets, "judges": args.judges,
         "classes": [{"index": t, "name": nm, **({"photo": it[0]} if args.task == "photos" else {})}
                     for t, nm, it in zip(targets, names, items)],
-        "starts": starts, "iterations": iterations, "threads": args.threads, "score_crop": args.score_crop,
+        "skip": args.skip, "starts": starts, "iterations": iterations, "threads": args.threads, "score_crop": args.score_crop,
         "image_iterations": sum(r["image_iterations"] for r in run_info),
         "wall_seconds": round(total, 1), "runs": run_info,
         "commands": [" ".join(c) for c in commands],
