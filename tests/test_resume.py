@@ -180,6 +180,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "noise": {"step": "noise", "std": 0.1},
     "tone": {"step": "tone", "weight": 50.0, "std": [0.2, 0.25]},
     "bn-statistics": {"step": "bn-statistics", "weight": 0.5, "over": "image", "first": 3.0},
+    "skip-gradient": {"step": "skip-gradient", "gamma": 0.5, "layers": ["features.3"], "until": 0.6},
     "channel": {"step": "channel", "layer": "features.3", "channel": [4, 9]},
     "neuron": {"step": "neuron", "layer": "features.3", "channel": 2, "x": 3},
     "direction": {"step": "direction", "layer": "features.2", "direction": [1, -1, 0, 0, 2, 0, 0, 1]},

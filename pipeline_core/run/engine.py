@@ -36,7 +36,7 @@ from pipeline_core.run.interrupts import StopFlag, graceful_stop
 from pipeline_core.run.record import RunLock, read_record
 from pipeline_core.run.loop import Loop, StepGroups, emit
 from pipeline_core.run.progress import Progress
-from pipeline_core.step import StepKind
+from pipeline_core.step import Step, StepKind
 
 
 @dataclass
@@ -70,6 +70,21 @@ def long_lived_objects_frozen() -> Iterator[None]:
             gc.unfreeze()
     else:
         yield
+
+
+def step_facts(steps: list[Step]) -> dict[str, dict[str, Any]]:
+    """What the steps found out while setting up (an octave's sizes, the layers a prior hooked),
+    for run.json: a reader of the record sees what the recipe's words became on this model.
+    A step whose ``record`` fails (its setup never ran) is left out rather than lose the record."""
+    facts: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        try:
+            found = step.record()
+        except Exception:  # noqa: BLE001 - the record of a failed run matters more
+            continue
+        if found:
+            facts[step_label(step)] = found
+    return facts
 
 
 def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelAdapter:
@@ -371,6 +386,9 @@ class Run:
             problems.append(metrics_problem)
         message = " ".join("; ".join([m for m in [message, *problems] if m]).splitlines())  # one line
         self.timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
+        facts = step_facts(self.steps)
+        if facts:
+            folder.record.data["step_facts"] = facts
         unwritten = folder.write_record(status, message, loop.done, images, files, self.timings)
         if unwritten:  # the record cannot be written (disk full): say so rather than crash
             message = "; ".join([m for m in [message, unwritten] if m])

@@ -1,0 +1,133 @@
+"""skip-gradient: less of the gradient through residual branches, more through the skips.
+
+In a residual network every block adds a branch to its input, ``x + f(x)``; the gradient
+reaching the image is the sum over every path through the blocks, skipping or entering each
+branch. Wu et al. (2020, "Skip connections matter: on the transferability of adversarial
+examples generated with ResNets") found that images made with the gradient of the skip paths
+weighted more (each branch's gradient multiplied by a factor below one, the forward pass
+unchanged) fool *other* models far more often: the skips carry the low-level features all
+ImageNet classifiers share, the branches the model's own idiosyncrasies. For a picture that
+independent models should recognise, that is the same goal.
+
+The model's outputs and logits are untouched; only the backward pass changes. The factor
+applies while the step is scheduled (``from``/``until``) and is 1 otherwise. Blocks are found
+by their structure: torchvision's MobileNetV2/V3 and EfficientNet blocks (``use_res_connect``)
+and ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm); ``layers`` names the
+branch modules of any other model. InceptionV3 and GoogLeNet have no skip connections, and the
+step refuses them with a one-line reason, or with ``required: false`` leaves their gradient
+alone and says so in run.json (``step_facts``).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from pipeline_core.errors import Location, RecipeError
+from pipeline_core.hookspecs import hookimpl
+from typing import Literal
+
+from pipeline_core.step import Step, StepKind, TransformParams
+
+
+class SkipGradientParams(TransformParams):
+    on: Literal["image", "view"] = Field("view", description="view only: the step changes how the model's "
+                                                               "gradient reaches the view, never the image.")
+    gamma: float = Field(0.5, gt=0, le=1, description="Multiplies the gradient through every residual branch "
+                                                      "(1: the plain gradient; the paper's 0.2-0.5 for ResNets).")
+    layers: list[str] | None = Field(None, description="Paths of the residual branch modules (default: found "
+                                                       "by structure; 'pipeline layers MODEL' lists the paths).")
+    required: bool = Field(True, description="false: on a model without residual blocks (InceptionV3, GoogLeNet) "
+                                             "do nothing and say so in run.json, instead of refusing the run; for "
+                                             "recipes meant for any model.")
+
+
+def residual_branches(module: nn.Module) -> list[str]:
+    """Paths of the modules whose output is added to a skip connection, found by structure."""
+    found = []
+    for name, m in module.named_modules():
+        prefix = f"{name}." if name else ""
+        if getattr(m, "use_res_connect", False):
+            for branch in ("conv", "block"):
+                if isinstance(getattr(m, branch, None), nn.Module):
+                    found.append(prefix + branch)
+                    break
+        elif type(m).__name__ == "BasicBlock" and isinstance(getattr(m, "bn2", None), nn.Module):
+            found.append(prefix + "bn2")
+        elif type(m).__name__ == "Bottleneck" and isinstance(getattr(m, "bn3", None), nn.Module):
+            found.append(prefix + "bn3")
+    return found
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by ``gamma``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma):
+        ctx.gamma = gamma
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.gamma, None
+
+
+class SkipGradient(Step):
+    """Scale the gradient of the model's residual branches by ``gamma`` (the forward pass unchanged)."""
+
+    name = "skip-gradient"
+    kind = StepKind.TRANSFORM
+    Params = SkipGradientParams
+
+    def bind(self, plan) -> None:
+        if self.params.on != "view":
+            raise RecipeError("skip-gradient changes the model's backward pass, not the stored image; use on: view",
+                              Location(key="on"))
+
+    def setup(self, ctx) -> None:
+        module = ctx.model.module
+        where = Location(step_index=self.index, step_name=self.name, key="layers")
+        if self.params.layers is not None:
+            paths = list(self.params.layers)
+            for p in paths:
+                try:
+                    module.get_submodule(p)
+                except AttributeError:
+                    raise RecipeError(f"the model has no module '{p}'; 'pipeline layers MODEL' lists them",
+                                      where) from None
+        else:
+            paths = residual_branches(module)
+        self.paths = paths
+        self.active_iteration = -1
+        if not paths:
+            if self.params.required:
+                raise RecipeError("the model has no residual blocks this step recognises, so there is no skip "
+                                  "connection to favour; remove this step, name the branch modules in 'layers', "
+                                  "or set 'required: false'", where)
+            return
+        gamma = self.params.gamma
+
+        def hook(_module, _inputs, output):
+            # the loop calls apply() in the iterations the step's schedule allows, before the model
+            if self.active_iteration != ctx.iteration or not torch.is_grad_enabled():
+                return output
+            return _ScaleGrad.apply(output, gamma)
+
+        self.handles = [module.get_submodule(p).register_forward_hook(hook) for p in paths]
+
+    def apply(self, ctx, x):
+        self.active_iteration = ctx.iteration
+        return x
+
+    def record(self) -> dict:
+        if not hasattr(self, "paths"):
+            return {}
+        if not self.paths:
+            return {"branches": 0, "note": "the model has no residual blocks: its gradient is the plain one"}
+        return {"branches": len(self.paths)}
+
+
+@hookimpl
+def register_steps(registry):
+    registry.add_step(SkipGradient)
