@@ -113,7 +113,8 @@ class Step:
         """Prepare on the run's device (buffers, generators), once before the loop."""
 
     def record(self) -> dict[str, Any]:
-        """Extra facts for run.json (e.g. a blend's weights)."""
+        """What the step found while setting up (an octave's sizes, the layers it hooked), for
+        run.json's ``step_facts`` under "step N (name)"; called once, after the run."""
         return {}
 
     # -- the kind methods; a step implements the one its kind needs -------------------

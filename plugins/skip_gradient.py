@@ -20,14 +20,14 @@ alone and says so in run.json (``step_facts``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
-from typing import Literal
-
 from pipeline_core.step import Step, StepKind, TransformParams
 
 
@@ -35,7 +35,7 @@ class SkipGradientParams(TransformParams):
     on: Literal["image", "view"] = Field("view", description="view only: the step changes how the model's "
                                                                "gradient reaches the view, never the image.")
     gamma: float = Field(0.5, gt=0, le=1, description="Multiplies the gradient through every residual branch "
-                                                      "(1: the plain gradient; the paper's 0.2-0.5 for ResNets).")
+                                                      "(1: the plain gradient; the paper used 0.2 to 0.5).")
     layers: list[str] | None = Field(None, description="Paths of the residual branch modules (default: found "
                                                        "by structure; 'pipeline layers MODEL' lists the paths).")
     required: bool = Field(True, description="false: on a model without residual blocks (InceptionV3, GoogLeNet) "

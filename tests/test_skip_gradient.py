@@ -116,7 +116,8 @@ def test_skip_gradient_contract_on_named_layers(tmp_path):
     check_step(SkipGradient, {"gamma": 0.5, "layers": ["features.3"]})
     recipe = tiny_recipe(iterations=4)
     recipe["steps"].insert(1, {"step": "skip-gradient", "gamma": 0.3, "layers": ["features.0"], "until": 0.5})
-    assert run_recipe_dict(recipe, tmp_path / "run").status == "completed"
+    result = run_recipe_dict(recipe, tmp_path / "run")
+    assert result.record["step_facts"] == {"step 1 (skip-gradient)": {"branches": 1}}
 
 
 def test_best_class_recipe_runs_it_on_the_real_mobilenet(cli, mobilenet_path, tmp_path):
