@@ -74,7 +74,7 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class SkipGradient(Step):
-    """Scale the gradient of the model's residual branches by ``gamma`` (the forward pass unchanged)."""
+    """Scale the gradient through the model's residual branches by gamma; the forward pass is unchanged."""
 
     name = "skip-gradient"
     kind = StepKind.TRANSFORM
