@@ -66,7 +66,7 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma):
         ctx.gamma = gamma
-        return x.view_as(x)
+        return x.clone()  # a new tensor, not a view: ResNet blocks add the skip to it in place
 
     @staticmethod
     def backward(ctx, grad):

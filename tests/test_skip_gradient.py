@@ -93,6 +93,20 @@ def test_residual_blocks_are_found_in_torchvision_models_and_not_in_inception():
     assert residual_branches(torchvision.models.googlenet(init_weights=False, aux_logits=False)) == []
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_residual_models_run_forward_and_backward_with_it(arch):
+    # ResNet blocks add the skip to the branch's output in place: the hook must not return a view
+    torch.manual_seed(0)
+    ctx = _Ctx(getattr(torchvision.models, arch)().eval())
+    x = torch.rand(1, 3, 64, 64)
+    plain, before = _grad(ctx, None, x), ctx.model(x).logits
+    step = SkipGradient(SkipGradientParams(gamma=0.5), 0, Schedule.always(4))
+    step.setup(ctx)
+    scaled = _grad(ctx, step, x)
+    assert torch.equal(ctx.model(x).logits, before)
+    assert torch.isfinite(scaled).all() and float((scaled - plain).norm()) > 0.01 * float(plain.norm())
+
+
 def test_a_model_without_skips_or_a_wrong_layer_is_refused_in_one_line():
     with pytest.raises(RecipeError, match="no residual blocks") as info:
         SkipGradient(SkipGradientParams()).setup(_Ctx(TinyNet().eval()))
