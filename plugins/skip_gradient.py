@@ -114,7 +114,8 @@ class SkipGradient(Step):
                 return output
             return _ScaleGrad.apply(output, gamma)
 
-        self.handles = [module.get_submodule(p).register_forward_hook(hook) for p in paths]
+        for p in paths:  # the model is built for this run alone, so the hooks need no removing
+            module.get_submodule(p).register_forward_hook(hook)
 
     def apply(self, ctx, x):
         self.active_iteration = ctx.iteration

@@ -80,8 +80,10 @@ def test_outside_its_schedule_the_gradient_is_the_plain_one():
     assert torch.allclose(_grad(ctx, step, x), torch.full_like(x, 1.75 / 16))
     ctx.iteration = 1  # the loop did not call the step this iteration
     assert torch.allclose(_grad(ctx, None, x), torch.full_like(x, 4 / 16))
-    with torch.no_grad():  # scoring passes without gradients are left alone
-        ctx.model(x)
+    ctx.iteration = 0
+    with torch.no_grad():  # scoring passes without gradients go through the hook untouched
+        scored = ctx.model(x).logits
+    assert torch.equal(scored, ctx.model(x).logits.detach())
 
 
 def test_residual_blocks_are_found_in_torchvision_models_and_not_in_inception():
