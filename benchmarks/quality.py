@@ -140,6 +140,17 @@ TUNING_PAIRS = [
     ("recipes/images/flower.jpg", 866, "tractor"), ("recipes/images/sunflower.png", 866, "tractor"),
     ("recipes/images/cat.png", 250, "Siberian husky"), ("recipes/images/owl.jpg", 250, "Siberian husky"),
 ]
+#: Wider tuning pairs: the four repository photos, each with three classes drawn once by
+#: random.Random(2030).sample(pool, 12), the pool being the 1000 classes less every class of the
+#: splits above and below (``--task photos --split tuning-wide``).
+TUNING_WIDE_PAIRS = [
+    ("recipes/images/flower.jpg", 325, "sulphur butterfly"), ("recipes/images/sunflower.png", 439, "bearskin"),
+    ("recipes/images/cat.png", 422, "barbell"), ("recipes/images/owl.jpg", 572, "goblet"),
+    ("recipes/images/flower.jpg", 4, "hammerhead"), ("recipes/images/sunflower.png", 535, "disk brake"),
+    ("recipes/images/cat.png", 780, "schooner"), ("recipes/images/owl.jpg", 522, "croquet ball"),
+    ("recipes/images/flower.jpg", 498, "cinema"), ("recipes/images/sunflower.png", 434, "bath towel"),
+    ("recipes/images/cat.png", 950, "orange"), ("recipes/images/owl.jpg", 152, "Japanese spaniel"),
+]
 # HELD-OUT photo -> class pairs: NEVER use these for tuning. Every photo of ../shared/images in
 # sorted order, paired with a class drawn once by random.Random(2027).sample(pool, 10), the pool
 # being the 1000 ImageNet classes less the 20 tuning classes above and Siberian husky (250).
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", help="recipe to measure (default: best_class.yaml for noise, "
                                      "castle_from_flowers.yaml for photos)")
     ap.add_argument("--split", choices=("tuning", "tuning-wide", "tuning-wide2", "held-out"), default="held-out",
-                    help="tuning-wide, tuning-wide2: noise only, see TUNING_WIDE_CLASSES")
+                    help="tuning-wide: TUNING_WIDE_CLASSES or, for photos, TUNING_WIDE_PAIRS; tuning-wide2: "
+                         "noise only")
     ap.add_argument("--starts", type=int, help=f"seeds per class or pair (default {DEFAULT_STARTS})")
     ap.add_argument("--seed", type=int, default=0, help="first seed; start k uses seed + k")
     ap.add_argument("--iterations", type=int, help="iterations (budget per image; default: the recipe's)")
@@ -357,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.peer and args.task != "noise":
         ap.error("--peer makes class images from noise only (--task noise)")
-    if args.task == "photos" and args.split.startswith("tuning-wide"):
-        ap.error(f"--split {args.split} is a set of classes for --task noise; photos have tuning and held-out")
+    if args.task == "photos" and args.split == "tuning-wide2":
+        ap.error("--split tuning-wide2 is a set of classes for --task noise; photos have tuning, tuning-wide "
+                 "and held-out")
     if args.peer and args.sets:
         ap.error("--set changes a recipe; a peer runs no recipe")
     recipe = resolve(args.recipe or DEFAULT_RECIPES[args.task])
@@ -368,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                  "tuning-wide2": TUNING_WIDE2_CLASSES}.get(args.split, HELD_OUT_CLASSES)
         default_n = len(items) if args.split != "held-out" else HELD_OUT_DEFAULT_CLASSES
     else:
-        items = TUNING_PAIRS if args.split == "tuning" else HELD_OUT_PAIRS
+        items = {"tuning": TUNING_PAIRS, "tuning-wide": TUNING_WIDE_PAIRS}.get(args.split, HELD_OUT_PAIRS)
         default_n = len(items)
     if not 0 <= args.skip < len(items):
         ap.error(f"--skip must be 0..{len(items) - 1} for this split")

@@ -31,8 +31,11 @@ def test_tuning_and_held_out_splits_share_no_class_and_name_their_indices_right(
     # the first wide split was drawn before the pairs and shares one class with them (a photo
     # recipe was never tuned on it); the pairs' classes are otherwise new
     assert seen & held_out_pairs == {14} and q.TUNING_WIDE_CLASSES[10] == (14, "indigo bunting")
-    assert not held_out_pairs & {i for _, i, _ in q.TUNING_PAIRS}
+    tuning_pairs = {i for _, i, _ in q.TUNING_PAIRS}
+    wide_pairs = {i for _, i, _ in q.TUNING_WIDE_PAIRS}
+    assert not held_out_pairs & tuning_pairs and not wide_pairs & (held_out_pairs | tuning_pairs | seen | held_out)
+    assert all((ROOT / photo).is_file() for photo, _, _ in q.TUNING_PAIRS + q.TUNING_WIDE_PAIRS)
     for index, name in [c for split in tuning for c in split] + q.HELD_OUT_CLASSES:
         assert categories[index] == name
-    for _, index, name in q.HELD_OUT_PAIRS + q.TUNING_PAIRS:
+    for _, index, name in q.HELD_OUT_PAIRS + q.TUNING_PAIRS + q.TUNING_WIDE_PAIRS:
         assert categories[index] == name
