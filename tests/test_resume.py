@@ -213,6 +213,9 @@ def test_resume_is_byte_identical_around_every_builtin_step(name, registry, tmp_
 
     assert resumed.status == "completed" and resumed.iterations_done == 8, resumed.message
     assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")
+    # what the steps report (octave's sizes, say) covers the whole run, not the part since the resume
+    facts = [json.loads((tmp_path / d / "run.json").read_text()).get("step_facts") for d in ("run", "reference")]
+    assert facts[0] == facts[1]
 
 
 def test_resume_twice_with_a_sparse_video_keeps_bytes_and_frame_count(registry, tmp_path):
