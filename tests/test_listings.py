@@ -46,3 +46,23 @@ def test_the_cli_prints_the_listing():
                           timeout=120, env={"PIPELINE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.view_transforms" in done.stdout
+
+
+def test_classes_lists_the_names_a_target_can_name_from_the_real_metadata_offline(cli, mobilenet_path, tmp_path):
+    from pipeline_core.commands.classes import render
+
+    proc = cli("classes", "inception_v3", "--match", "retriever", env={"TORCH_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "inception_v3: 1000 classes (a recipe's target names one by its name or its index)",
+        "205  flat-coated retriever", "206  curly-coated retriever", "207  golden retriever",
+        "208  Labrador retriever", "209  Chesapeake Bay retriever"]
+    assert not any(tmp_path.rglob("*.pth"))  # the skeleton: nothing downloaded
+    local = f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=224"
+    proc = cli("classes", local, "--match", "805", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "soccer ball"' in proc.stdout and proc.stdout.count('"index"') == 1
+    proc = cli("classes", "no-such-model")
+    assert proc.returncode == 2 and "unknown model 'no-such-model'" in proc.stderr and "Traceback" not in proc.stderr
+    assert render("m", ["a", "b", "a"], "zz").endswith("(no class name contains 'zz')")
+    assert render("m", ["a", "b", "a"]).endswith("(name these by index): a")

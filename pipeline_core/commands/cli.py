@@ -242,6 +242,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classes(args: argparse.Namespace) -> int:
+    from pipeline_core.commands.classes import as_json, list_classes, render
+
+    name, categories = list_classes(args.model, _registry(quiet=True))
+    sys.stdout.write((as_json(name, categories, args.match) if args.json else render(name, categories, args.match))
+                     + "\n")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from pipeline_core.commands.listings import describe_plugins
 
@@ -428,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--match", metavar="TEXT", help="only the layers whose path or type contains TEXT")
     layers.add_argument("--json", action="store_true", help="machine-readable output")
     layers.set_defaults(func=cmd_layers)
+
+    classes = command("classes", "list a model's classes (the names and indices a target can name)")
+    classes.add_argument("model", metavar="MODEL", help=MODEL_HELP.replace("; sets the recipe's model section", ""))
+    classes.add_argument("--match", metavar="TEXT", help="only the classes whose name contains TEXT (or whose "
+                                                         "index is TEXT)")
+    classes.add_argument("--json", action="store_true", help="machine-readable output")
+    classes.set_defaults(func=cmd_classes)
 
     plugins = command("plugins", "list loaded plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,0 +1,50 @@
+"""``pipeline classes MODEL``: the class names and indices a recipe's ``target`` can name.
+
+A target is given by name or index, and ImageNet's names are not what one guesses ("tabby" and
+"tiger cat" are both cats, "tusker" is an elephant). This lists them from the model's own
+metadata, built as a run would build it (the same ``NAME[,KEY=VALUE...]`` as ``pipeline run
+--model``), from its skeleton where it has one, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline_core.registry import Registry
+
+
+def list_classes(text: str, registry: Registry, base: Path | None = None) -> tuple[str, list[str]]:
+    """(model name, its class names in index order)."""
+    from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
+
+    model = parse_model_arg(text, base, RUN_KEYS)
+    _module, info = build_module(model, registry, skeleton=True)
+    return model.name, list(info.categories)
+
+
+def _matches(categories: list[str], match: str | None) -> list[tuple[int, str]]:
+    rows = list(enumerate(categories))
+    if not match:
+        return rows
+    if match.isdigit():
+        return [(i, c) for i, c in rows if i == int(match)]
+    return [(i, c) for i, c in rows if match.lower() in c.lower()]
+
+
+def render(name: str, categories: list[str], match: str | None = None) -> str:
+    shown = _matches(categories, match)
+    lines = [f"{name}: {len(categories)} classes (a recipe's target names one by its name or its index)"]
+    width = len(str(max(len(categories) - 1, 0)))
+    lines += [f"{i:>{width}}  {c}" for i, c in shown]
+    if match and not shown:
+        lines.append(f"(no class name contains '{match}')")
+    duplicates = sorted({c for i, c in shown if categories.count(c) > 1})
+    if duplicates:
+        lines.append("names given to more than one class (name these by index): " + ", ".join(duplicates))
+    return "\n".join(lines)
+
+
+def as_json(name: str, categories: list[str], match: str | None = None) -> str:
+    return json.dumps({"model": name, "classes": [{"index": i, "name": c} for i, c in _matches(categories, match)]},
+                      indent=2)
