@@ -209,6 +209,9 @@ class LayerObjective(Step):
         self.mask = mask
         self.rows = torch.tensor(self.image_indices, device=ctx.device, dtype=torch.long)
 
+    def image_labels(self) -> dict[int, str] | None:
+        return {i: f"{self.name} {' '.join(self.layers())}" for i in self.image_indices}
+
     def channels(self, ctx: "RunContext", path: str) -> int:
         """How many channels the layer at ``path`` has (its activations' second dimension)."""
         return ctx.model.layer_shapes()[path][0]

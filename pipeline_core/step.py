@@ -138,6 +138,11 @@ class Step:
         """Per image, the classes this objective pulls toward: ``[{index, name, weight}]``."""
         return None
 
+    def image_labels(self) -> "dict[int, str] | None":
+        """Per image index, a few words for what this objective makes of it (``features.14 ch 5``),
+        which name the final PNGs of images no class is aimed at; called after ``bind``."""
+        return None
+
 
 KIND_METHOD = {
     StepKind.INIT: "init",

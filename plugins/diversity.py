@@ -37,6 +37,9 @@ class Diversity(LayerObjective):
     name = "diversity"
     Params = DiversityParams
 
+    def image_labels(self) -> None:
+        return None  # it shapes the batch as a whole; what each image is comes from the other objectives
+
     @classmethod
     def batch_hint(cls, params) -> int | None:
         return max(super().batch_hint(params) or 0, 2)  # without 'batch', at least two images to compare

@@ -64,6 +64,10 @@ class Channel(LayerObjective):
     def record(self) -> dict[str, Any]:
         return {"layer": self.params.layer, "channels": self.channel_list, "images": self.image_indices}
 
+    def image_labels(self) -> dict[int, str]:
+        unit = "ch" if self.name == "channel" else self.name
+        return {i: f"{self.params.layer} {unit} {c}" for i, c in zip(self.image_indices, self.channel_list)}
+
 
 class NeuronParams(ChannelParams):
     x: int | None = Field(None, ge=0, description="Column of the neuron in the layer's grid (default: the centre).")
@@ -260,6 +264,10 @@ class ChannelInterpolate(LayerObjective):
 
     def record(self) -> dict[str, Any]:
         return {"start": self.params.start, "end": self.params.end, "end_weights": self.mix}
+
+    def image_labels(self) -> dict[int, str]:
+        walk = f"{self.params.layer} ch {self.params.start} to {self.params.end}"
+        return {i: f"{walk} {t:.2f}" for i, t in zip(self.image_indices, self.mix)}
 
 
 @hookimpl

@@ -316,3 +316,20 @@ def test_without_a_skeleton_a_wrong_path_fails_when_the_model_is_built_still_on_
     assert result.status == "failed" and result.iterations_done == 0
     assert re.search(r"run\.recipe\.yaml:\d+: step 1 \(channel-interpolate\): key 'end_layer': model "
                      r"'tiny-no-skeleton' has no layer 'features.44'; nearest: features.4", result.message)
+
+
+@pytest.mark.parametrize("step, names", [
+    ({"step": "neuron", "layer": "features.3", "channel": [1, 4]}, ["000_features-3-neuron-1.png",
+                                                                     "001_features-3-neuron-4.png"]),
+    ({"step": "layer", "layer": "features.2"}, ["000_layer-features-2.png", "001_layer-features-2.png"]),
+    ({"step": "channel-interpolate", "layer": "features.3", "start": 1, "end": 6},
+     ["000_features-3-ch-1-to-6-0-00.png", "001_features-3-ch-1-to-6-1-00.png"]),
+    ({"step": "channel", "layer": "features.3", "channel": 2, "images": [1]}, ["000_image.png",
+                                                                              "001_features-3-ch-2.png"]),
+])
+def test_images_without_a_class_are_named_for_what_their_objective_made(step, names, tmp_path):
+    recipe = tiny_recipe(iterations=2, batch=2)
+    recipe["steps"][1:2] = [step]
+    result = run_recipe_dict(recipe, tmp_path / "run")
+    assert [im["file"] for im in result.record["images"]] == names
+    assert all((tmp_path / "run" / "images" / n).is_file() for n in names)

@@ -203,6 +203,8 @@ def test_a_layer_only_run_records_images_without_targets_and_makes_its_video(lay
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["iterations_done"] == 8
     assert [im["targets"] for im in record["images"]] == [[], []]
+    # named for what the channel objective made of them (diversity, a batch-wide term, names nothing)
+    assert [im["file"] for im in record["images"]] == ["000_features-3-ch-2.png", "001_features-3-ch-5.png"]
     assert all(len(im["top5"]) == 5 for im in record["images"])
     assert (run_dir / "video.mp4").stat().st_size > 0 and (run_dir / "images" / "grid.png").is_file()
 
@@ -212,7 +214,7 @@ def test_a_layer_only_run_replays_to_the_same_bytes(layer_run, tmp_path):
     recipe = load_recipe(result.run_dir / "run.json", REGISTRY)
     again = Run(recipe, REGISTRY, tmp_path / "replay", Progress(), device="cpu").execute()
     assert again.status == "completed"
-    for name in ("000_image.png", "001_image.png"):
+    for name in ("000_features-3-ch-2.png", "001_features-3-ch-5.png"):
         assert (tmp_path / "replay" / "images" / name).read_bytes() == (result.run_dir / "images" / name).read_bytes()
 
 

@@ -226,7 +226,8 @@ class Run:
                 lock.release()
 
     def _execute_locked(self, t_start: float, stop: StopFlag) -> RunResult:
-        folder = RunFolder(self.recipe, self.run_dir, self.device, self.targets, self.resume)
+        folder = RunFolder(self.recipe, self.run_dir, self.device, self.targets, self.resume,
+                           labels=self.groups.image_labels(self.recipe.plan.batch))
         try:
             folder.record.update()
         except OSError as exc:

@@ -68,11 +68,13 @@ class RunFolder:
     """The files of one run: run.json, the video (in segments across resumes), checkpoints, images."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, targets: list[list[dict[str, Any]]],
-                 resume: Checkpoint | None = None):
+                 resume: Checkpoint | None = None, labels: list[str | None] | None = None):
         self.recipe = recipe
         self.run_dir = run_dir
         self.device = device
         self.targets = targets
+        #: per image, what names its PNG when no class is aimed at (a layer objective's words)
+        self.labels = labels or [None] * len(targets)
         self.resume = resume
         #: which video segment this run writes: 0 is video.mp4, each resume adds one
         self.segment = resume.segment + 1 if resume is not None else 0
@@ -241,7 +243,7 @@ class RunFolder:
         names = []
         for i in range(pics.shape[0]):
             targets = self.targets[i]
-            label = targets[-1]["name"] if targets else "image"
+            label = targets[-1]["name"] if targets else (self.labels[i] if i < len(self.labels) else None) or "image"
             names.append(f"{i:03d}_{_slug(label)}.png")
             save_png(images_dir / names[-1], pics[i])
         columns = self.recipe.model.output.columns

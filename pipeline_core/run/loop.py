@@ -69,6 +69,15 @@ class StepGroups:
                         per_image[i].append(item)
         return per_image
 
+    def image_labels(self, batch: int) -> list[str | None]:
+        """Per image, the first objective's words for it (names the PNG of an image without a class)."""
+        labels: list[str | None] = [None] * batch
+        for s in self.objectives:
+            for i, text in (s.step.image_labels() or {}).items():
+                if 0 <= i < batch and labels[i] is None:
+                    labels[i] = text
+        return labels
+
 
 class Loop:
     """Iterations ``start .. plan.iterations`` of one run.
