@@ -243,7 +243,7 @@ class RunFolder:
         names = []
         for i in range(pics.shape[0]):
             targets = self.targets[i]
-            label = targets[-1]["name"] if targets else (self.labels[i] if i < len(self.labels) else None) or "image"
+            label = targets[-1]["name"] if targets else self.labels[i] or "image"
             names.append(f"{i:03d}_{_slug(label)}.png")
             save_png(images_dir / names[-1], pics[i])
         columns = self.recipe.model.output.columns
