@@ -16,11 +16,10 @@ from pipeline_core.registry import Registry
 
 def list_classes(text: str, registry: Registry, base: Path | None = None) -> tuple[str, list[str]]:
     """(model name, its class names in index order)."""
-    from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
+    from pipeline_core.commands.layers import module_from_arg
 
-    model = parse_model_arg(text, base, RUN_KEYS)
-    _module, info = build_module(model, registry, skeleton=True)
-    return model.name, list(info.categories)
+    _module, info, name = module_from_arg(text, registry, base)
+    return name, list(info.categories)
 
 
 def _matches(categories: list[str], match: str | None) -> list[tuple[int, str]]:

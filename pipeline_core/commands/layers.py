@@ -42,7 +42,9 @@ class LayerRow:
         return "x".join(str(d) for d in self.shape) + (f"  (runs {self.calls}x; the last counts)" if self.calls > 1 else "")
 
 
-def _module(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
+def module_from_arg(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
+    """(module, its ModelInfo, model name) for a ``NAME[,KEY=VALUE...]`` argument, from the skeleton
+    where the model has one (nothing downloaded); the listing commands share it."""
     from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
 
     model = parse_model_arg(text, base, RUN_KEYS)
@@ -55,7 +57,7 @@ def list_layers(text: str, registry: Registry, size: int | None = None, base: Pa
     if size is not None and not 8 <= size <= MAX_LIST_SIDE:
         raise RecipeError(f"--size {size}: give a side from 8 to {MAX_LIST_SIDE} px (the shapes scale with it; "
                           "a larger side only costs time)")
-    module, info, name = _module(text, registry, base)
+    module, info, name = module_from_arg(text, registry, base)
     adapter = ModelAdapter(module, info)
     side = size or info.size or 224
     seen: dict[str, Any] = {}
