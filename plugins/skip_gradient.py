@@ -10,7 +10,14 @@ ImageNet classifiers share, the branches the model's own idiosyncrasies. For a p
 independent models should recognise, that is the same goal.
 
 The model's outputs and logits are untouched; only the backward pass changes. The factor
-applies while the step is scheduled (``from``/``until``) and is 1 otherwise. Blocks are found
+applies while the step is scheduled (``from``/``until``) and is 1 otherwise.
+
+``erosion`` changes the forward pass as well, on purpose: each branch's output is multiplied
+by a random factor near 1, drawn afresh per image and iteration (Li et al. 2020, "Learning
+transferable adversarial examples via ghost networks"). Every iteration then optimises for a
+slightly different member of a family of models around the real one, an ensemble for the
+price of one, and what grows must please them all rather than exploit one model's exact
+weights. The draws come from the step's seeded generator, so runs replay and resume exactly. Blocks are found
 by their structure: torchvision's MobileNetV2/V3 and EfficientNet blocks (``use_res_connect``)
 and ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm); ``layers`` names the
 branch modules of any other model. InceptionV3 and GoogLeNet have no skip connections, and the
@@ -36,6 +43,10 @@ class SkipGradientParams(TransformParams):
                                                                "gradient reaches the view, never the image.")
     gamma: float = Field(0.5, gt=0, le=1, description="Multiplies the gradient through every residual branch "
                                                       "(1: the plain gradient; the paper used 0.2 to 0.5).")
+    erosion: float = Field(0.0, ge=0, lt=1, description="Forward pass too: each residual branch's output "
+                           "multiplied by a factor drawn from [1 - erosion, 1 + erosion] per image, branch and "
+                           "iteration (Li et al. 2020, 'ghost networks'): every iteration sees a slightly different "
+                           "model; 0: the forward pass is unchanged.")
     layers: list[str] | None = Field(None, description="Paths of the residual branch modules (default: found "
                                                        "by structure; 'pipeline layers MODEL' lists the paths).")
     required: bool = Field(True, description="false: on a model without residual blocks (InceptionV3, GoogLeNet) "
@@ -74,7 +85,7 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class SkipGradient(Step):
-    """Scale the gradient through the model's residual branches by gamma; the forward pass is unchanged."""
+    """Scale the gradient through the model's residual branches by gamma (and, with erosion, their outputs)."""
 
     name = "skip-gradient"
     kind = StepKind.TRANSFORM
@@ -106,12 +117,17 @@ class SkipGradient(Step):
                                   "connection to favour; remove this step, name the branch modules in 'layers', "
                                   "or set 'required: false'", where)
             return
-        gamma = self.params.gamma
+        gamma, erosion = self.params.gamma, self.params.erosion
 
         def hook(_module, _inputs, output):
             # the loop calls apply() in the iterations the step's schedule allows, before the model
             if self.active_iteration != ctx.iteration or not torch.is_grad_enabled():
                 return output
+            if erosion:
+                shape = (output.shape[0],) + (1,) * (output.dim() - 1)
+                # asked for each time: a resumed run restores the generators after setup
+                u = torch.rand(shape, generator=ctx.generator(self), dtype=torch.float64)
+                output = output * (1 - erosion + 2 * erosion * u).to(output.device, output.dtype)
             return _ScaleGrad.apply(output, gamma)
 
         for p in paths:  # the model is built for this run alone, so the hooks need no removing
@@ -126,7 +142,10 @@ class SkipGradient(Step):
             return {}
         if not self.paths:
             return {"branches": 0, "note": "the model has no residual blocks: its gradient is the plain one"}
-        return {"branches": len(self.paths)}
+        facts = {"branches": len(self.paths)}
+        if self.params.erosion:
+            facts["erosion"] = self.params.erosion
+        return facts
 
 
 @hookimpl

@@ -144,3 +144,45 @@ def test_best_class_recipe_runs_it_on_the_real_mobilenet(cli, mobilenet_path, tm
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "run.json").read_text())
     assert record["step_facts"]["step 2 (skip-gradient)"] == {"branches": 10}
+
+
+class _SeededCtx(_Ctx):
+    def __init__(self, module: nn.Module, seed: int = 0):
+        super().__init__(module)
+        self.seed = seed
+
+    def generator(self, step):
+        if not hasattr(self, "_generator"):
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
+
+
+def _eroded_logits(seed: int, iterations: int = 2) -> list[torch.Tensor]:
+    ctx = _SeededCtx(_ResNetOfOne(a=3.0), seed)
+    step = SkipGradient(SkipGradientParams(gamma=1.0, erosion=0.5), 0, Schedule.always(4))
+    step.setup(ctx)
+    x = torch.ones(3, 3, 4, 4)
+    out = []
+    for i in range(iterations):
+        ctx.iteration = i
+        out.append(ctx.model(step.apply(ctx, x.clone().requires_grad_(True))).logits.detach()[:, 0])
+    return out
+
+
+def test_erosion_scales_each_images_branch_by_its_own_draw_and_replays_from_the_seed():
+    first, second = _eroded_logits(seed=0)
+    # x + 3 * u * x with u in [0.5, 1.5]: the mean is 1 + 3u, between 2.5 and 5.5, per image
+    assert ((first >= 2.5) & (first <= 5.5)).all() and ((second >= 2.5) & (second <= 5.5)).all()
+    assert len(set(first.tolist())) == 3  # each image of the batch sees its own model
+    assert not torch.equal(first, second)  # and each iteration another one
+    again = _eroded_logits(seed=0)
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)
+    assert not torch.equal(_eroded_logits(seed=1)[0], first)
+
+
+def test_without_erosion_the_forward_pass_draws_nothing():
+    ctx = _Ctx(_ResNetOfOne(a=3.0))  # no generator at all: it would fail if one were drawn on
+    step = SkipGradient(SkipGradientParams(gamma=0.5), 0, Schedule.always(4))
+    step.setup(ctx)
+    x = torch.ones(2, 3, 4, 4)
+    assert torch.equal(ctx.model(step.apply(ctx, x)).logits[:, 0], torch.full((2,), 4.0))
