@@ -55,10 +55,11 @@ class Gate(Step):
             handled = []
             originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-            def counting(signum, frame):  # the run's own handler, counted
+            def counting(signum, frame):  # the run's own handler, counted once it has run
                 handled.append(signum)
-                Path(folder, f"signalled-{len(handled)}").write_text("")
+                n = len(handled)
                 originals[signum](signum, frame)
+                Path(folder, f"signalled-{n}").write_text("")
 
             for s in originals:
                 signal.signal(s, counting)
@@ -260,6 +261,30 @@ def test_a_second_ctrl_c_stops_at_once_and_still_writes_the_record(tmp_path, plu
     assert len(read_frames(run_dir / "video.mp4")) == 8
     assert len(data["images"]) == 2 and (run_dir / "images" / "grid.png").is_file()
     assert "--resume" in err
+
+
+def test_a_second_signal_handled_inside_the_first_handler_still_stops_at_once(monkeypatch):
+    """Python may run a second signal's handler in the middle of the first one (the CI saw it
+    on a loaded machine): the second must still be the one that stops at once."""
+    from pipeline_core.run import interrupts
+
+    with interrupts.graceful_stop() as flag:
+        handler = signal.getsignal(signal.SIGINT)
+        real_signals = interrupts.signal.Signals
+        nested = []
+
+        def second_arrives(signum):  # called by the first handler after it has counted itself
+            if not nested:
+                nested.append(True)
+                handler(signal.SIGINT, None)
+            return real_signals(signum)
+
+        monkeypatch.setattr(interrupts.signal, "Signals", second_arrives)
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+        monkeypatch.undo()
+        assert nested and flag.finishing
+        handler(signal.SIGINT, None)  # a third one, while the run writes its outputs: ignored
 
 
 def test_ctrl_c_on_the_real_mobilenet_leaves_a_consistent_run(cli, mobilenet_path, tmp_path):

@@ -11,6 +11,7 @@ run.json or the video in half.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from contextlib import contextmanager
@@ -27,7 +28,6 @@ class StopFlag:
         self.signal_name: str | None = None
         #: set once the run writes its outputs (or was stopped at once): signals are ignored
         self.finishing = False
-        self.count = 0
 
     @property
     def set(self) -> bool:
@@ -42,11 +42,15 @@ def graceful_stop() -> Iterator[StopFlag]:
         yield flag
         return
 
+    arrivals = itertools.count()
+
     def handler(signum: int, _frame: Any) -> None:
-        flag.count += 1
+        # One call of next() cannot be split by a second signal's handler, which Python may run
+        # in the middle of this one: whichever call numbers itself first is the first signal.
+        first = next(arrivals) == 0
         if flag.finishing:
             return
-        if flag.set:
+        if not first:
             flag.finishing = True  # before raising: the handler of this interrupt may not be cut short
             raise KeyboardInterrupt
         flag.signal_name = signal.Signals(signum).name
