@@ -143,7 +143,7 @@ def test_best_class_recipe_runs_it_on_the_real_mobilenet(cli, mobilenet_path, tm
                "--set", "output.video=false", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "run.json").read_text())
-    assert record["step_facts"]["step 2 (skip-gradient)"] == {"branches": 10}
+    assert record["step_facts"]["step 2 (skip-gradient)"] == {"branches": 10, "erosion": 0.4}
 
 
 class _SeededCtx(_Ctx):
