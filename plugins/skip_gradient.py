@@ -13,16 +13,18 @@ The model's outputs and logits are untouched; only the backward pass changes. Th
 applies while the step is scheduled (``from``/``until``) and is 1 otherwise.
 
 ``erosion`` changes the forward pass as well, on purpose: each branch's output is multiplied
-by a random factor near 1, drawn afresh per image and iteration (Li et al. 2020, "Learning
-transferable adversarial examples via ghost networks"). Every iteration then optimises for a
-slightly different member of a family of models around the real one, an ensemble for the
-price of one, and what grows must please them all rather than exploit one model's exact
-weights. The draws come from the step's seeded generator, so runs replay and resume exactly. Blocks are found
-by their structure: torchvision's MobileNetV2/V3 and EfficientNet blocks (``use_res_connect``)
-and ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm); ``layers`` names the
-branch modules of any other model. InceptionV3 and GoogLeNet have no skip connections, and the
-step refuses them with a one-line reason, or with ``required: false`` leaves their gradient
-alone and says so in run.json (``step_facts``).
+by a random factor near 1, drawn afresh per image (per view, where a view step shows the
+model several) and iteration (Li et al. 2020, "Learning transferable adversarial examples via
+ghost networks"). Every iteration then optimises for a slightly different member of a family
+of models around the real one, an ensemble for the price of one, and what grows must please
+them all rather than exploit one model's exact weights. The draws come from the step's seeded
+generator, so runs replay and resume exactly.
+
+Blocks are found by their structure: torchvision's MobileNetV2/V3 and EfficientNet blocks
+(``use_res_connect``) and ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm);
+``layers`` names the branch modules of any other model. InceptionV3 and GoogLeNet have no skip
+connections, and the step refuses them with a one-line reason, or with ``required: false``
+leaves their gradient alone and says so in run.json (``step_facts``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class SkipGradientParams(TransformParams):
     gamma: float = Field(0.5, gt=0, le=1, description="Multiplies the gradient through every residual branch "
                                                       "(1: the plain gradient; the paper used 0.2 to 0.5).")
     erosion: float = Field(0.0, ge=0, lt=1, description="Forward pass too: each residual branch's output "
-                           "multiplied by a factor drawn from [1 - erosion, 1 + erosion] per image, branch and "
+                           "multiplied by a factor drawn from [1 - erosion, 1 + erosion] per image (or view), branch and "
                            "iteration (Li et al. 2020, 'ghost networks'): every iteration sees a slightly different "
                            "model; 0: the forward pass is unchanged.")
     layers: list[str] | None = Field(None, description="Paths of the residual branch modules (default: found "
