@@ -46,9 +46,9 @@ class SkipGradientParams(TransformParams):
     gamma: float = Field(0.5, gt=0, le=1, description="Multiplies the gradient through every residual branch "
                                                       "(1: the plain gradient; the paper used 0.2 to 0.5).")
     erosion: float = Field(0.0, ge=0, lt=1, description="Forward pass too: each residual branch's output "
-                           "multiplied by a factor drawn from [1 - erosion, 1 + erosion] per image (or view), branch and "
-                           "iteration (Li et al. 2020, 'ghost networks'): every iteration sees a slightly different "
-                           "model; 0: the forward pass is unchanged.")
+                           "multiplied by a factor drawn from [1 - erosion, 1 + erosion] per image (or view), "
+                           "branch and iteration (Li et al. 2020, 'ghost networks'): every iteration sees a "
+                           "slightly different model; 0: the forward pass is unchanged.")
     layers: list[str] | None = Field(None, description="Paths of the residual branch modules (default: found "
                                                        "by structure; 'pipeline layers MODEL' lists the paths).")
     required: bool = Field(True, description="false: on a model without residual blocks (InceptionV3, GoogLeNet) "
