@@ -8,28 +8,56 @@ addition: the distance can be taken between blurred copies (``sigma``), which ke
 photo's layout, shapes and colours and leaves fine texture free to change, since texture is
 where a classifier sees a class first.
 
+The squared distance makes a little change everywhere cheap and a large change anywhere dear,
+so the new class tends to come as a film over the whole photo. ``distance: robust`` takes
+instead each pixel's colour distance itself (the Euclidean norm over channels, smoothed near
+zero), averaged over pixels: a sparse penalty, under which one region may change a lot while
+the rest stays as it was, which suits a small object (a bird, a ball) appearing in a scene.
+
 The reference is the stored image the first time the step runs (the photo, after the init
 and parameterisation steps), kept on the device and in checkpoints; when an image transform
-resizes the stored image, the reference is resized to match (antialiased).
+resizes the stored image, the reference is resized to match (antialiased). A step started late
+(``from: 30``) therefore keeps the image of its first iteration, not the photo; to let the class
+grow freely first and still pull toward the photo later, ramp ``weight`` instead ([0, 1000]).
 """
 
 from __future__ import annotations
 
+from typing import Literal, Union
+
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
 
 class KeepPhotoParams(StepParams):
-    weight: float = Field(100.0, ge=0, description="Multiplies the mean squared distance to the photo (pixels in "
-                                                   "[0, 1]); about 100 keeps the layout against L1-loss's C of 200.")
+    weight: Union[float, tuple[float, float]] = Field(
+        100.0, description="Multiplies the distance to the photo (pixels in [0, 1]); about 100 keeps the layout "
+                           "against L1-loss's C of 200. One number, or [start, end] moving linearly over the "
+                           "step's active iterations.")
     sigma: float = Field(2.0, ge=0, le=64, description="Compare copies blurred by a Gaussian of this standard "
                                                       "deviation in pixels: the layout must stay, fine texture may "
                                                       "change; 0 compares the pixels themselves.")
+    distance: Literal["squared", "robust"] = Field(
+        "squared", description="squared: the mean squared difference (changes spread over the photo); robust: "
+                               "the mean over pixels of each pixel's colour distance, so a region may change while "
+                               "the rest stays (about weight / 9 matches squared's pull at a 0.1 difference)")
+
+    @field_validator("weight")
+    @classmethod
+    def _not_negative(cls, v):
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if x < 0:
+                raise ValueError(f"a weight cannot be negative, not {x}")
+        return v
+
+
+#: Below this colour distance the robust penalty turns quadratic, so its gradient is smooth at the photo.
+_ROBUST_EPS = 1e-3
 
 
 def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -50,6 +78,14 @@ class KeepPhoto(Step):
     def setup(self, ctx) -> None:
         self.reference: torch.Tensor | None = None
 
+    def weight_at(self, iteration: int) -> float:
+        """The weight at ``iteration``."""
+        w = self.params.weight
+        if not isinstance(w, tuple):
+            return float(w)
+        t = self.schedule.progress(iteration) if self.schedule is not None else 0.0
+        return float(w[0] + (w[1] - w[0]) * t)
+
     def _reference(self, image: torch.Tensor) -> torch.Tensor:
         if self.reference is None:
             self.reference = image.detach().clone()
@@ -60,9 +96,13 @@ class KeepPhoto(Step):
 
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         ref = self._reference(image)
+        weight = self.weight_at(getattr(ctx, "iteration", 0))
         sigma = self.params.sigma
         diff = _blurred(image, sigma) - _blurred(ref, sigma)
-        return self.params.weight * diff.square().flatten(1).mean(1)
+        if self.params.distance == "robust":
+            per_pixel = (diff.square().sum(1) + _ROBUST_EPS ** 2).sqrt() - _ROBUST_EPS
+            return weight * per_pixel.flatten(1).mean(1)
+        return weight * diff.square().flatten(1).mean(1)
 
     def state_dict(self) -> dict:
         return {"reference": None if self.reference is None else self.reference.detach().cpu()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
 from pipeline_plugins.keep_photo import KeepPhoto, KeepPhotoParams
 
@@ -35,6 +37,29 @@ def test_blurred_comparison_lets_fine_texture_change_but_not_the_layout():
     assert float(step.loss(None, None, texture)) < 0.05 * float(step.loss(None, None, layout))
 
 
+def test_the_robust_distance_lets_one_region_change_where_the_squared_one_spreads_the_change():
+    photo = torch.full((1, 3, 32, 32), 0.5)
+    film = photo + 0.1  # a small change everywhere
+    patch = photo.clone()
+    patch[..., :8, :8] += 0.4  # a large change on a sixteenth of the photo: the same squared cost
+    squared, robust = _step(weight=1.0, sigma=0.0), _step(weight=1.0, sigma=0.0, distance="robust")
+    for step in (squared, robust):
+        step.loss(None, None, photo)
+    assert torch.allclose(squared.loss(None, None, film), squared.loss(None, None, patch))
+    assert float(robust.loss(None, None, patch)) < 0.3 * float(robust.loss(None, None, film))
+    assert torch.allclose(robust.loss(None, None, film), torch.tensor([0.1 * 3 ** 0.5]), atol=2e-3)
+
+
+def test_the_robust_penalty_is_zero_with_a_finite_gradient_at_the_photo():
+    step = _step(weight=1.0, sigma=1.0, distance="robust")
+    photo = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    step.loss(None, None, photo)
+    same = photo.clone().requires_grad_(True)
+    loss = step.loss(None, None, same)
+    loss.sum().backward()
+    assert float(loss.detach()) == 0.0 and bool(torch.isfinite(same.grad).all())
+
+
 def test_a_resized_image_is_compared_with_the_resized_photo():
     step = _step(weight=1.0, sigma=0.0)
     photo = torch.full((1, 3, 32, 32), 0.25)
@@ -53,6 +78,15 @@ def test_the_reference_survives_a_checkpoint():
 
 def test_contract_and_a_real_run(tmp_path):
     check_step(KeepPhoto, {"weight": 50.0})
+    check_step(KeepPhoto, {"weight": [0.0, 50.0], "distance": "robust"})
     recipe = tiny_recipe(iterations=4)
     recipe["steps"].insert(-1, {"step": "keep-photo", "weight": 50.0, "sigma": 1.0})
     assert run_recipe_dict(recipe, tmp_path / "run").status == "completed"
+
+
+def test_a_weight_ramp_moves_linearly_over_the_run():
+    step = KeepPhoto(KeepPhotoParams(weight=(0.0, 100.0), sigma=0.0), schedule=Schedule(0, 11))
+    step.setup(None)
+    assert [step.weight_at(i) for i in (0, 5, 10)] == [0.0, 50.0, 100.0]
+    with pytest.raises(ValueError, match="negative"):
+        KeepPhotoParams(weight=(100.0, -1.0))
