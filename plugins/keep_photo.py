@@ -12,7 +12,8 @@ The squared distance makes a little change everywhere cheap and a large change a
 so the new class tends to come as a film over the whole photo. ``distance: robust`` takes
 instead each pixel's colour distance itself (the Euclidean norm over channels, smoothed near
 zero), averaged over pixels: a sparse penalty, under which one region may change a lot while
-the rest stays as it was, which suits a small object (a bird, a ball) appearing in a scene.
+the rest stays as it was, meant for a small object (a bird, a ball) appearing in a scene. On
+the benchmark's tuning pairs it did not beat the squared distance (benchmarks/README.md).
 
 The reference is the stored image the first time the step runs (the photo, after the init
 and parameterisation steps), kept on the device and in checkpoints; when an image transform
