@@ -70,7 +70,7 @@ def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class KeepPhoto(Step):
-    """Penalise the mean squared distance to the starting photo (feature accentuation's prior)."""
+    """Penalise the distance to the starting photo (feature accentuation's prior)."""
 
     name = "keep-photo"
     kind = StepKind.OBJECTIVE
