@@ -38,6 +38,7 @@ weights, so validation checks layer paths offline), an optional ``head_key`` met
 (the recipe key a wrong layer path is reported on) and ``testing.TINY_LAYERS``. 1.3 added
 ``ModelOutput.per_view`` (every view's outputs, for statistics an average over views would
 change) and ``ModelAdapter.add_layers`` (hook layers found in the built model, from ``setup``).
+1.4 added ``Step.ramp`` (a parameter given as one number or ``[start, end]``, at an iteration).
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
 PROJECT = "pipeline_core"
 ENTRY_POINT_GROUP = "pipeline_core.plugins"
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 
 #: What a plugin may import, by module: the promise above, as data (a test imports every name
 #: from its module and checks that no module offers more).

@@ -100,6 +100,14 @@ class Step:
     def __repr__(self) -> str:
         return f"<step {self.index} {self.name}>"
 
+    def ramp(self, value: "float | tuple[float, float]", iteration: int) -> float:
+        """A parameter given as one number or as ``[start, end]``, at ``iteration``: the pair moves
+        linearly over the step's active iterations (its start value where there is no schedule)."""
+        if not isinstance(value, tuple):
+            return float(value)
+        t = self.schedule.progress(iteration) if self.schedule is not None else 0.0
+        return float(value[0] + (value[1] - value[0]) * t)
+
     # -- optional hooks -----------------------------------------------------------------
     @classmethod
     def batch_hint(cls, params: StepParams) -> int | None:

@@ -79,14 +79,6 @@ class KeepPhoto(Step):
     def setup(self, ctx) -> None:
         self.reference: torch.Tensor | None = None
 
-    def weight_at(self, iteration: int) -> float:
-        """The weight at ``iteration``."""
-        w = self.params.weight
-        if not isinstance(w, tuple):
-            return float(w)
-        t = self.schedule.progress(iteration) if self.schedule is not None else 0.0
-        return float(w[0] + (w[1] - w[0]) * t)
-
     def _reference(self, image: torch.Tensor) -> torch.Tensor:
         if self.reference is None:
             self.reference = image.detach().clone()
@@ -97,7 +89,7 @@ class KeepPhoto(Step):
 
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         ref = self._reference(image)
-        weight = self.weight_at(getattr(ctx, "iteration", 0))
+        weight = self.ramp(self.params.weight, getattr(ctx, "iteration", 0))
         sigma = self.params.sigma
         diff = _blurred(image, sigma) - _blurred(ref, sigma)
         if self.params.distance == "robust":

@@ -58,11 +58,7 @@ class Noise(Step):
 
     def std_at(self, iteration: int) -> float:
         """The noise's standard deviation at ``iteration``."""
-        std = self.params.std
-        if not isinstance(std, tuple):
-            return float(std)
-        t = self.schedule.progress(iteration) if self.schedule is not None else 0.0
-        return float(std[0] + (std[1] - std[0]) * t)
+        return self.ramp(self.params.std, iteration)
 
     def apply(self, ctx, x):
         std = self.std_at(ctx.iteration)

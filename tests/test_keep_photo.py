@@ -87,6 +87,6 @@ def test_contract_and_a_real_run(tmp_path):
 def test_a_weight_ramp_moves_linearly_over_the_run():
     step = KeepPhoto(KeepPhotoParams(weight=(0.0, 100.0), sigma=0.0), schedule=Schedule(0, 11))
     step.setup(None)
-    assert [step.weight_at(i) for i in (0, 5, 10)] == [0.0, 50.0, 100.0]
+    assert [step.ramp(step.params.weight, i) for i in (0, 5, 10)] == [0.0, 50.0, 100.0]
     with pytest.raises(ValueError, match="negative"):
         KeepPhotoParams(weight=(100.0, -1.0))
