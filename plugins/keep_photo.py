@@ -20,26 +20,40 @@ and parameterisation steps), kept on the device and in checkpoints; when an imag
 resizes the stored image, the reference is resized to match (antialiased). A step started late
 (``from: 30``) therefore keeps the image of its first iteration, not the photo; to let the class
 grow freely first and still pull toward the photo later, ramp ``weight`` instead ([0, 1000]).
+
+A fixed ``weight`` holds the photo as firmly as the class pushes on it, and that push differs
+from model to model and photo to photo: ``skip-gradient`` at gamma 0.5 shrinks MobileNetV2's
+class gradient at the image to about a quarter, so a weight tuned without it holds four times
+too hard with it. ``hold`` sets the balance instead of the weight. At the step's first
+iteration the image is the reference, so the step's own gradient is zero and the gradient
+reaching the image is the other objectives' push alone; the step reads its size there, per
+image, and chooses each image's weight so that the pull back, were every pixel a whole range
+(1.0) away from the photo, would be ``hold`` times that push. One setting then holds the photo
+alike on any model, and run.json's ``step_facts`` lists the weights chosen. On the benchmark's
+tuning pairs the per-image balance did a little worse than one fixed weight with the same mean
+(benchmarks/README.md), so the recipes keep ``weight``; ``hold`` is for moving a setting from
+one model, or one gradient prior, to another.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+import math
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
 
 class KeepPhotoParams(StepParams):
-    weight: Union[float, tuple[float, float]] = Field(
-        100.0, description="Multiplies the distance to the photo (pixels in [0, 1]); about 100 keeps the layout "
-                           "against L1-loss's C of 200. One number, or [start, end] moving linearly over the "
-                           "step's active iterations.")
+    weight: Optional[Union[float, tuple[float, float]]] = Field(
+        None, description="Multiplies the distance to the photo (pixels in [0, 1]); about 100 (the default, "
+                          "unless hold is given) keeps the layout against L1-loss's C of 200. One number, or "
+                          "[start, end] moving linearly over the step's active iterations.")
     sigma: float = Field(2.0, ge=0, le=64, description="Compare copies blurred by a Gaussian of this standard "
                                                       "deviation in pixels: the layout must stay, fine texture may "
                                                       "change; 0 compares the pixels themselves.")
@@ -47,15 +61,33 @@ class KeepPhotoParams(StepParams):
         "squared", description="squared: the mean squared difference (changes spread over the photo); robust: "
                                "the mean over pixels of each pixel's colour distance, so a region may change while "
                                "the rest stays (about weight / 9 matches squared's pull at a 0.1 difference)")
+    hold: Optional[float] = Field(
+        None, gt=0, le=100, description="Instead of a weight: each image's weight is chosen from the other "
+                                        "objectives' gradient measured at the step's first iteration, so that the pull "
+                                        "back from a whole range (1.0) away is hold times it. On MobileNetV2, hold 1 "
+                                        "is about weight 1300 with the plain gradient and 150 with skip-gradient 0.5.")
 
     @field_validator("weight")
     @classmethod
     def _not_negative(cls, v):
-        for x in (v if isinstance(v, tuple) else (v,)):
+        for x in (() if v is None else v if isinstance(v, tuple) else (v,)):
             if x < 0:
                 raise ValueError(f"a weight cannot be negative, not {x}")
         return v
 
+    @model_validator(mode="after")
+    def _weight_or_hold(self):
+        if self.hold is None:
+            return self
+        if self.weight is not None:
+            raise ValueError("give either weight or hold, not both: hold chooses the weight from the gradient it "
+                             "measures")
+        if self.distance != "squared":
+            raise ValueError("hold balances the squared distance; with distance: robust give a weight")
+        return self
+
+
+_DEFAULT_WEIGHT = 100.0
 
 #: Below this colour distance the robust penalty turns quadratic, so its gradient is smooth at the photo.
 _ROBUST_EPS = 1e-3
@@ -78,6 +110,8 @@ class KeepPhoto(Step):
 
     def setup(self, ctx) -> None:
         self.reference: torch.Tensor | None = None
+        #: with ``hold``: the weight per image, chosen at the first iteration
+        self.balanced: torch.Tensor | None = None
 
     def _reference(self, image: torch.Tensor) -> torch.Tensor:
         if self.reference is None:
@@ -89,7 +123,7 @@ class KeepPhoto(Step):
 
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         ref = self._reference(image)
-        weight = self.ramp(self.params.weight, getattr(ctx, "iteration", 0))
+        weight = self._weight(ctx, image)
         sigma = self.params.sigma
         diff = _blurred(image, sigma) - _blurred(ref, sigma)
         if self.params.distance == "robust":
@@ -97,12 +131,39 @@ class KeepPhoto(Step):
             return weight * per_pixel.flatten(1).mean(1)
         return weight * diff.square().flatten(1).mean(1)
 
+    def _weight(self, ctx, image: torch.Tensor) -> "float | torch.Tensor":
+        if self.params.hold is None:
+            weight = _DEFAULT_WEIGHT if self.params.weight is None else self.params.weight
+            return self.ramp(weight, getattr(ctx, "iteration", 0))
+        if self.balanced is None:  # the first iteration: no pull yet, the push is measured on its way back
+            if image.requires_grad:
+                image.register_hook(self._measure)
+            return 0.0
+        return self.balanced.to(image.device, image.dtype)
+
+    def _measure(self, grad: torch.Tensor) -> None:
+        """The other objectives' gradient at the photo, per image, and the weight ``hold`` asks of it.
+
+        With the squared distance of images of N values, a uniform shift d costs weight * d^2, and
+        its gradient has the norm 2 * weight * d / sqrt(N): at d = 1 that is hold times the push
+        g when weight = hold * g * sqrt(N) / 2.
+        """
+        push = grad.detach().flatten(1).norm(dim=1)
+        self.balanced = self.params.hold * push * math.sqrt(grad[0].numel()) / 2
+
+    def record(self) -> dict:
+        if self.balanced is None:
+            return {}
+        return {"weights": [round(float(w), 3) for w in self.balanced.cpu()]}
+
     def state_dict(self) -> dict:
-        return {"reference": None if self.reference is None else self.reference.detach().cpu()}
+        return {"reference": None if self.reference is None else self.reference.detach().cpu(),
+                "balanced": None if self.balanced is None else self.balanced.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        ref = state.get("reference")
+        ref, balanced = state.get("reference"), state.get("balanced")
         self.reference = None if ref is None else ref.clone()
+        self.balanced = None if balanced is None else balanced.clone()
 
 
 @hookimpl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -90,3 +92,66 @@ def test_a_weight_ramp_moves_linearly_over_the_run():
     assert [step.ramp(step.params.weight, i) for i in (0, 5, 10)] == [0.0, 50.0, 100.0]
     with pytest.raises(ValueError, match="negative"):
         KeepPhotoParams(weight=(100.0, -1.0))
+
+
+def _hold_step(hold: float) -> KeepPhoto:
+    step = KeepPhoto(KeepPhotoParams(hold=hold, sigma=0.0))
+    step.setup(None)
+    return step
+
+
+def _first_iteration(step: KeepPhoto, photo: torch.Tensor, push: torch.Tensor) -> None:
+    """One iteration's backward: keep-photo beside an objective whose gradient at the image is ``push``."""
+    image = photo.clone().requires_grad_(True)
+    total = (image * push).sum() + step.loss(None, None, image).sum()
+    torch.autograd.grad(total, image)
+
+
+def test_hold_balances_the_pull_against_the_push_measured_at_the_first_iteration():
+    photo = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    push = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    push[1] *= 0.25  # the second image's class pushes four times less (as skip-gradient does)
+    step = _hold_step(2.0)
+    _first_iteration(step, photo, push)
+    # a whole range away the pull back is hold times the push, image by image
+    away = (photo + 1.0).requires_grad_(True)
+    pull, = torch.autograd.grad(step.loss(None, None, away).sum(), away)
+    assert torch.allclose(pull.flatten(1).norm(dim=1), 2.0 * push.flatten(1).norm(dim=1), rtol=1e-4)
+    # so the weaker push gets a weight four times smaller: the same balance on either image
+    assert torch.allclose(step.balanced[1], step.balanced[0] * 0.25 * push[1].norm() / (0.25 * push[0].norm()))
+
+
+def test_hold_adds_nothing_at_the_first_iteration_and_its_weights_survive_a_checkpoint():
+    photo = torch.rand(1, 3, 8, 8)
+    step = _hold_step(1.0)
+    image = photo.clone().requires_grad_(True)
+    own = step.loss(None, None, image)
+    assert float(own.detach()) == 0.0 and step.balanced is None  # measured only once the gradient flows back
+    torch.autograd.grad(own.sum() + image.sum(), image)
+    again = _hold_step(1.0)
+    again.load_state_dict(step.state_dict())
+    assert torch.equal(again.balanced, step.balanced) and step.record() == again.record()
+
+
+@pytest.mark.parametrize("extra, message", [({"weight": 100.0}, "either weight or hold"),
+                                            ({"distance": "robust"}, "with distance: robust give a weight")])
+def test_hold_refuses_a_weight_or_the_robust_distance_with_the_step_named(tmp_path, extra, message):
+    from pipeline_core.errors import RecipeError
+
+    recipe = tiny_recipe()
+    recipe["steps"].insert(-1, {"step": "keep-photo", "hold": 1.0, **extra})
+    with pytest.raises(RecipeError, match=message) as info:
+        run_recipe_dict(recipe, tmp_path / "run")
+    assert re.search(r"run\.recipe\.yaml:\d+: step 2 \(keep-photo\)", str(info.value))  # file, line, step
+
+
+def test_a_real_run_with_hold_records_the_weights_it_chose(tmp_path):
+    import json
+
+    check_step(KeepPhoto, {"hold": 1.0})
+    recipe = tiny_recipe(iterations=4, batch=2)
+    recipe["steps"].insert(-1, {"step": "keep-photo", "hold": 1.0, "sigma": 1.0})
+    run_recipe_dict(recipe, tmp_path / "run")
+    facts = json.loads((tmp_path / "run" / "run.json").read_text())["step_facts"]
+    weights = facts["step 2 (keep-photo)"]["weights"]
+    assert len(weights) == 2 and all(w > 0 for w in weights)
