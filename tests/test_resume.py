@@ -179,6 +179,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "keep-photo": {"step": "keep-photo", "weight": 50.0, "sigma": 1.0},
     "keep-photo hold": {"step": "keep-photo", "hold": 1.0, "sigma": 1.0},  # its weights chosen at iteration 0
     "noise": {"step": "noise", "std": 0.1},
+    "spectrum-jitter": {"step": "spectrum-jitter", "strength": [0.5, 0.2]},
     "tone": {"step": "tone", "weight": 50.0, "std": [0.2, 0.25]},
     "bn-statistics": {"step": "bn-statistics", "weight": 0.5, "over": "image", "first": 3.0},
     "skip-gradient": {"step": "skip-gradient", "gamma": 0.5, "erosion": 0.3, "layers": ["features.3"],
