@@ -29,10 +29,10 @@ iteration the image is the reference, so the step's own gradient is zero and the
 reaching the image is the other objectives' push alone; the step reads its size there, per
 image, and chooses each image's weight so that the pull back, were every pixel a whole range
 (1.0) away from the photo, would be ``hold`` times that push. One setting then holds the photo
-alike on any model, and run.json's ``step_facts`` lists the weights chosen. On the benchmark's
-tuning pairs the per-image balance did a little worse than one fixed weight with the same mean
-(benchmarks/README.md), so the recipes keep ``weight``; ``hold`` is for moving a setting from
-one model, or one gradient prior, to another.
+alike on any model, and run.json's ``step_facts`` lists the weights chosen. The transfiguration
+recipes use it with ``skip-gradient``, which acts on residual models only: one recipe then
+holds the photo alike on MobileNetV2, where the class pushes four times less, and on
+InceptionV3, where skip-gradient leaves the gradient alone (benchmarks/README.md).
 """
 
 from __future__ import annotations
