@@ -65,7 +65,8 @@ class KeepPhotoParams(StepParams):
         None, gt=0, le=100, description="Instead of a weight: each image's weight is chosen from the other "
                                         "objectives' gradient measured at the step's first iteration, so that the pull "
                                         "back from a whole range (1.0) away is hold times it. On MobileNetV2, hold 1 "
-                                        "is about weight 1300 with the plain gradient and 150 with skip-gradient 0.5.")
+                                        "gave weights of 500-1100 with the plain gradient and 120-240 with "
+                                        "skip-gradient 0.5.")
 
     @field_validator("weight")
     @classmethod
