@@ -50,17 +50,23 @@ from pipeline_core.step import MAX_SIDE, Step, StepKind, TransformParams
 Box = Union[float, tuple[float, float]]
 
 
-def _gaussian(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise where ``like`` lives, drawn from (or seeded by) ``generator``.
+def draw(sample, shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """``sample`` (``torch.randn``, ``torch.rand``) of ``shape`` where ``like`` lives, drawn from
+    (or seeded by) the step's ``generator``.
 
     On a GPU a host draw of a whole batch of noise and its copy would cost more than the
     crops; the step's generator draws only the seed of a device generator instead.
     """
     if like.device.type == "cpu":
-        return torch.randn(shape, generator=generator).to(like.dtype)
+        return sample(shape, generator=generator).to(like.dtype)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     device_generator = torch.Generator(device=like.device).manual_seed(seed)
-    return torch.randn(shape, generator=device_generator, device=like.device, dtype=like.dtype)
+    return sample(shape, generator=device_generator, device=like.device, dtype=like.dtype)
+
+
+def _gaussian(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise where ``like`` lives (see :func:`draw`)."""
+    return draw(torch.randn, shape, generator, like)
 
 
 class CropsParams(TransformParams):

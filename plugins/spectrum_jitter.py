@@ -30,6 +30,8 @@ from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
+from .crops import draw
+
 
 class SpectrumJitterParams(TransformParams):
     on: Literal["image", "view"] = Field("view", description="view only: the stored image keeps its spectrum.")
@@ -45,15 +47,6 @@ class SpectrumJitterParams(TransformParams):
             if not 0 <= x < 1:
                 raise ValueError(f"a strength must lie in [0, 1), not {x}: a factor must stay positive")
         return v
-
-
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Uniform [0, 1) draws where ``like`` lives; on a GPU the host generator draws only a seed."""
-    if like.device.type == "cpu":
-        return torch.rand(shape, generator=generator).to(like.dtype)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    device_generator = torch.Generator(device=like.device).manual_seed(seed)
-    return torch.rand(shape, generator=device_generator, device=like.device, dtype=like.dtype)
 
 
 def scale_spectrum(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -82,7 +75,7 @@ class SpectrumJitter(Step):
     def apply(self, ctx, x):
         strength = self.ramp(self.params.strength, ctx.iteration)
         n, c, h, w = x.shape
-        draws = _uniform((n, c, 2 * h, w + 1), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
+        draws = draw(torch.rand, (n, c, 2 * h, w + 1), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
         if not strength:
             return x
         return scale_spectrum(x, 1 + strength * (2 * draws - 1))
