@@ -40,7 +40,7 @@ benchmarks/README.md for setting it up. Needs, besides the product: scikit-image
     python benchmarks/quality.py --split tuning --classes 5       # a quick look on tuning classes
     python benchmarks/quality.py --peer lucent                    # the same held-out classes with Lucent
     python benchmarks/quality.py --task photos                    # held-out transfigurations
-    python benchmarks/quality.py --set steps.7.lr=0.03 --json benchmarks/results/quality_try.json
+    python benchmarks/quality.py --set steps.10.lr=0.03 --json benchmarks/results/quality_try.json
 
 Runs go to runs/quality/NAME/ (``--runs``); the summary to benchmarks/results/quality_NAME.json.
 """
