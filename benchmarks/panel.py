@@ -78,12 +78,22 @@ Name what a person would say the picture shows, not its style. Be honest: if you
 tell, say so. Do not try to guess a hidden list of answers: there is none to guess from."""
 
 
+#: The brief for transfigurations: the observer names everything they see, so that both the
+#: photo's subject and the new class can be found in the answer.
+BRIEF_BOTH = BRIEF.replace("| a\nsecond guess or 'none' | confidence 1-3",
+                           "| any other\nthing you can name in it, or 'none' | confidence 1-3")
+
 # -- prepare ----------------------------------------------------------------------------------------
 
 
 def square(im: Image.Image, side: int = SIDE) -> Image.Image:
     """The centre square of an image, resized to ``side``."""
     return ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (side, side), Image.Resampling.LANCZOS)
+
+
+def whole(im: Image.Image, side: int = SIDE) -> Image.Image:
+    """The whole image, its longer side resized to ``side`` (transfigurations keep their frame)."""
+    return ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (side, side), Image.Resampling.LANCZOS)
 
 
 def run_images(run_dir: Path) -> list[tuple[Path, str, dict[str, Any]]]:
@@ -100,12 +110,17 @@ def run_images(run_dir: Path) -> list[tuple[Path, str, dict[str, Any]]]:
 
 def prepare(args: argparse.Namespace) -> int:
     items: list[dict[str, Any]] = []
+    subjects = [s.strip() for s in args.subjects.split(",")] if args.subjects else None
     for source in args.sources:
         label, _, folder = source.partition("=")
         if not folder:
             sys.exit(f"panel.py: a source is LABEL=RUN_DIR, got {source!r}")
-        for file, name, facts in run_images(Path(folder)):
-            items.append({"source": label, "class": name, "file": str(file), **facts})
+        found = run_images(Path(folder))
+        if subjects is not None and len(subjects) != len(found):
+            sys.exit(f"panel.py: --subjects names {len(subjects)} photos, {folder} has {len(found)} images")
+        for k, (file, name, facts) in enumerate(found):
+            extra = {"photo_class": subjects[k]} if subjects is not None else {}
+            items.append({"source": label, "class": name, "file": str(file), **facts, **extra})
     if args.photos:
         items += [{"source": "photo", "class": name, "file": str(path)} for path, name in CONTROL_PHOTOS]
     for extra in args.photo or []:
@@ -120,12 +135,12 @@ def prepare(args: argparse.Namespace) -> int:
     for k, item in enumerate(items, 1):
         name = f"img_{k:02d}.png"
         with Image.open(item["file"]) as im:
-            square(im).save(out / name)
+            (whole(im) if args.whole else square(im)).save(out / name)
         key[name] = item
     Path(args.key).parent.mkdir(parents=True, exist_ok=True)
     Path(args.key).write_text(json.dumps({"folder": str(out), "seed": args.seed, "images": key}, indent=1) + "\n",
                               encoding="utf-8")
-    print(BRIEF.format(out=out, n=len(items)))
+    print((BRIEF_BOTH if subjects is not None else BRIEF).format(out=out, n=len(items)))
     return 0
 
 
@@ -199,9 +214,14 @@ def image_statistics(path: Path) -> dict[str, float]:
 
 def tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
-    return {"images": n, "strict": round(sum(r["strict"] for r in rows) / n, 4) if n else None,
-            "basic": round(sum(r["basic"] for r in rows) / n, 4) if n else None,
-            "strict_count": sum(r["strict"] for r in rows), "basic_count": sum(r["basic"] for r in rows)}
+    out = {"images": n, "strict": round(sum(r["strict"] for r in rows) / n, 4) if n else None,
+           "basic": round(sum(r["basic"] for r in rows) / n, 4) if n else None,
+           "strict_count": sum(r["strict"] for r in rows), "basic_count": sum(r["basic"] for r in rows)}
+    kept = [r["photo_named"] for r in rows if "photo_named" in r]
+    if kept:
+        out["photo_named"] = round(sum(kept) / len(kept), 4)
+        out["strict_and_photo"] = round(sum(r["strict"] and r["photo_named"] for r in rows) / n, 4)
+    return out
 
 
 def tracking(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,18 +248,25 @@ def score(args: argparse.Namespace) -> int:
     rules = yaml.safe_load(Path(args.rules).read_text(encoding="utf-8"))
     rulings = json.loads(Path(args.rulings).read_text(encoding="utf-8")) if args.rulings else {}
     folder = Path(key["folder"])
-    missing_rules = sorted({it["class"] for it in key["images"].values()} - set(rules))
+    missing_rules = sorted({c for it in key["images"].values() for c in (it["class"], it.get("photo_class"))
+                            if c} - set(rules))
     if missing_rules:
         sys.exit(f"panel.py: {args.rules} has no terms for {', '.join(missing_rules)}: write them before scoring")
     rows = []
     for img, item in key["images"].items():
         given = answers.get(img, {"answer": "", "second": "", "confidence": None})
-        strict, basic, reason = judge(given["answer"], rules[item["class"]])
+        both = "photo_class" in item  # a transfiguration: the class and the photo, in either answer
+        said = f"{given['answer']} | {given['second']}" if both else given["answer"]
+        strict, basic, reason = judge(said, rules[item["class"]])
+        extra = {}
+        if both:
+            kept = judge(said, rules[item["photo_class"]])
+            extra = {"photo_class": item["photo_class"], "photo_named": kept[1], "photo_reason": kept[2]}
         if img in rulings:
             r = rulings[img]
             strict, basic, reason = bool(r["strict"]), bool(r["basic"]), "ruling: " + r["reason"]
         rows.append({"image": img, "source": item["source"], "class": item["class"], **given,
-                     "strict": strict, "basic": basic, "reason": reason,
+                     "strict": strict, "basic": basic, "reason": reason, **extra,
                      "generator_probability": item.get("probability", item.get("target_probability")),
                      "statistics": image_statistics(folder / img) if (folder / img).is_file() else {}})
     sources = sorted({r["source"] for r in rows})
@@ -286,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the observer's folder (new or empty)")
     p.add_argument("--key", required=True, help="where the key goes (outside --out)")
     p.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    p.add_argument("--subjects", help="transfigurations: the photos' panel classes, in the runs' image order, "
+                                      "comma-separated; the observer is asked for everything they see")
+    p.add_argument("--whole", action="store_true", help="keep each image's whole frame (longer side 256 px) "
+                                                       "instead of its centre square")
     s = sub.add_parser("score", help="score an observer's answers")
     s.add_argument("--key", required=True)
     s.add_argument("--answers", required=True)

@@ -111,3 +111,23 @@ def test_photo_statistics_tell_a_photo_from_flat_noise():
         pytest.skip(f"{photo} is absent")
     stats = panel.image_statistics(photo)
     assert -3.5 < stats["spectral_slope"] < -1.5  # natural images: power falls about as 1/f^2
+
+
+def test_a_transfiguration_is_scored_for_its_class_and_its_photo_in_either_answer(tmp_path, capsys):
+    panel = _panel()
+    run = _run_folder(tmp_path / "run", ["mantis", "flagpole"])
+    out, key = tmp_path / "observer", tmp_path / "key.json"
+    panel.main(["prepare", f"ours={run}", "--subjects", "espresso cup,rocket", "--whole", "--out", str(out),
+                "--key", str(key), "--seed", "0"])
+    assert "any other" in capsys.readouterr().out  # the brief asks for everything seen
+    assert Image.open(next(out.iterdir())).size == (256, 171)  # the whole 60 x 40 frame, not a square
+    images = json.loads(key.read_text())["images"]
+    by_class = {v["class"]: k for k, v in images.items()}
+    (tmp_path / "a.txt").write_text(f"{by_class['mantis']} | a coffee cup | a praying mantis on the rim | 2\n"
+                                    f"{by_class['flagpole']} | a rocket launch | none | 3\n")
+    panel.main(["score", "--key", str(key), "--answers", str(tmp_path / "a.txt"), "--json", str(tmp_path / "s.json")])
+    result = json.loads((tmp_path / "s.json").read_text())
+    rows = {r["class"]: r for r in result["answers_scored"]}
+    assert rows["mantis"]["strict"] and rows["mantis"]["photo_named"]
+    assert not rows["flagpole"]["basic"] and rows["flagpole"]["photo_named"]
+    assert result["per_source"]["ours"]["strict_and_photo"] == 0.5
