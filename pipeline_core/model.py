@@ -72,7 +72,8 @@ def _unknown_layer(model: str, path: str, names: Sequence[str]) -> str:
         stem = path.rsplit(".", 1)[0]
         near = [n for n in names if n.startswith(stem)][:3]
     hint = f"; nearest: {', '.join(near)}" if near else ""
-    return f"model '{model}' has no layer '{path}'{hint} (all of them: pipeline layers {model})"
+    listing = "pipeline_core.layers(model)" if model.startswith("python:") else f"pipeline layers {model}"
+    return f"model '{model}' has no layer '{path}'{hint} (all of them: {listing})"
 
 @dataclass(frozen=True)
 class HeadDef:
