@@ -28,9 +28,9 @@ from pipeline_core.errors import RecipeError, RunFailed
 __all__ = ["Model", "RunOutput", "run", "visualize", "layers", "classes"]
 
 #: a recipe: a file, YAML text, or the mapping YAML would give
-RecipeLike = Union[str, Path, Mapping[str, Any]]
+_RecipeLike = Union[str, Path, Mapping[str, Any]]
 #: a model: an ``nn.Module``, one with its preprocessing (:class:`Model`), or a ``--model`` spec string
-ModelLike = Union[nn.Module, "Model", str]
+_ModelLike = Union[nn.Module, "Model", str]
 
 
 @dataclass
@@ -121,7 +121,7 @@ class RunOutput:
 # -- run ------------------------------------------------------------------------------------
 
 
-def run(recipe: RecipeLike, *, model: ModelLike | None = None, set: Mapping[str, Any] | Sequence[str] | None = None,
+def run(recipe: _RecipeLike, *, model: _ModelLike | None = None, set: Mapping[str, Any] | Sequence[str] | None = None,
         out: str | Path | None = None, seed: int | None = None, device: str | None = None, progress: bool = True,
         save_model: bool = False) -> RunOutput:
     """Run ``recipe`` as ``pipeline run`` does and return what it left.
@@ -142,6 +142,7 @@ def run(recipe: RecipeLike, *, model: ModelLike | None = None, set: Mapping[str,
     from pipeline_core.run.python_model import lend
 
     with torch_state_kept():
+        torch.set_grad_enabled(True)  # as the command runs; a caller inside no_grad gets its mode back after
         registry = _registry()
         borrowed = lend(model, registry) if model is not None and not isinstance(model, str) else None
         try:
@@ -154,7 +155,7 @@ def run(recipe: RecipeLike, *, model: ModelLike | None = None, set: Mapping[str,
                 registry.models.pop(borrowed.name, None)
 
 
-def _run(recipe: RecipeLike, registry: Any, spec: str | None, sets: Any, out: Any, seed: Any, device: Any,
+def _run(recipe: _RecipeLike, registry: Any, spec: str | None, sets: Any, out: Any, seed: Any, device: Any,
          progress: bool, borrowed: Any, save_model: bool) -> RunOutput:
     from pipeline_core.recipe.loader import validate
     from pipeline_core.run.device import pick_device
@@ -204,7 +205,7 @@ def _registry() -> Any:
     return _REGISTRY
 
 
-def _source(recipe: RecipeLike, overrides: list[str]) -> Any:
+def _source(recipe: _RecipeLike, overrides: list[str]) -> Any:
     """The recipe as the loader's :class:`Source`, overrides applied."""
     from pipeline_core.recipe.loader import load_source
     from pipeline_core.recipe.source import Source, apply_override, parse
@@ -272,7 +273,7 @@ def _output(result: Any, engine: Any) -> RunOutput:
 # -- visualize ------------------------------------------------------------------------------
 
 
-def visualize(model: ModelLike, what: str, *, photo: str | Path | None = None, iterations: int | None = None,
+def visualize(model: _ModelLike, what: str, *, photo: str | Path | None = None, iterations: int | None = None,
               size: int | None = None, out: str | Path | None = None, seed: int | None = None,
               device: str | None = None, progress: bool = True) -> RunOutput:
     """One picture of what ``model`` sees, with the shipped recipes' settings.
@@ -317,7 +318,7 @@ def _parse_what(what: str, photo: str | Path | None) -> tuple[str, dict[str, Any
 # -- layers and classes ----------------------------------------------------------------------
 
 
-def layers(model: ModelLike, *, size: int | None = None) -> list[dict[str, Any]]:
+def layers(model: _ModelLike, *, size: int | None = None) -> list[dict[str, Any]]:
     """What ``pipeline layers`` lists: per module path, its type, one image's output shape and
     its channel count, in definition order (dicts with path, type, shape, channels, calls)."""
     from dataclasses import asdict
@@ -338,7 +339,7 @@ def layers(model: ModelLike, *, size: int | None = None) -> list[dict[str, Any]]
             registry.models.pop(borrowed.name, None)
 
 
-def classes(model: ModelLike) -> list[str]:
+def classes(model: _ModelLike) -> list[str]:
     """What ``pipeline classes`` lists: the model's class names in output order."""
     from pipeline_core.commands.classes import list_classes
     from pipeline_core.run.python_model import lend
