@@ -7,7 +7,8 @@ indices (or ``model.categories``). Weights: ``model.weights`` loads a local stat
 architecture; without it timm fetches its pretrained weights through its cache (Hugging Face
 hub), and a fetch that fails is one line saying where to put them instead. ``model.kwargs`` go
 to ``timm.create_model`` (``{img_size: 64, depth: 2}`` makes a small ViT for tests;
-``pretrained: false`` builds it with random weights, without looking for any).
+``pretrained: false`` builds it with random weights, seeded so that a replay gets the same ones,
+without looking for any).
 
 Vision transformers' layers give tokens; the model adapter shows them to objectives as a
 feature map (embedding dimensions as channels, the patch grid as positions, the class token
@@ -81,7 +82,9 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
     timm = _timm()
     kwargs = _kwargs(spec)
     if not kwargs.pop("pretrained", True):  # model.kwargs.pretrained: false, random weights (tests, smoke runs)
-        return timm.create_model(name, pretrained=False, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # the same weights every build, so a run replays exactly
+            torch.manual_seed(0)
+            return timm.create_model(name, pretrained=False, **kwargs)
     if spec.weights is not None:
         model = timm.create_model(name, pretrained=False, **kwargs)
         try:
