@@ -138,6 +138,12 @@ def run(recipe: _RecipeLike, *, model: _ModelLike | None = None, set: Mapping[st
     (its record is written first). An interrupt (the kernel's stop button, Ctrl-C) ends the run
     at the next iteration and returns its partial output with status ``interrupted``.
     """
+    return _call(recipe, model, set, out, seed, device, progress, save_model, None)
+
+
+def _call(recipe: _RecipeLike, model: Any, sets: Any, out: Any, seed: Any, device: Any, progress: bool,
+          save_model: bool, name: str | None) -> RunOutput:
+    """:func:`run`, with ``name`` for the default run folder (runs/NAME) of a recipe given as data."""
     from pipeline_core.run.borrowed import module_lent, torch_state_kept
     from pipeline_core.run.python_model import lend
 
@@ -147,16 +153,16 @@ def run(recipe: _RecipeLike, *, model: _ModelLike | None = None, set: Mapping[st
         borrowed = lend(model, registry) if model is not None and not isinstance(model, str) else None
         try:
             if borrowed is None:
-                return _run(recipe, registry, model, set, out, seed, device, progress, None, save_model)
+                return _run(recipe, registry, model, sets, out, seed, device, progress, None, save_model, name)
             with module_lent(borrowed.module):
-                return _run(recipe, registry, None, set, out, seed, device, progress, borrowed, save_model)
+                return _run(recipe, registry, None, sets, out, seed, device, progress, borrowed, save_model, name)
         finally:
             if borrowed is not None:
                 registry.models.pop(borrowed.name, None)
 
 
 def _run(recipe: _RecipeLike, registry: Any, spec: str | None, sets: Any, out: Any, seed: Any, device: Any,
-         progress: bool, borrowed: Any, save_model: bool) -> RunOutput:
+         progress: bool, borrowed: Any, save_model: bool, name: str | None) -> RunOutput:
     from pipeline_core.recipe.loader import validate
     from pipeline_core.run.device import pick_device
     from pipeline_core.run.engine import Run
@@ -165,7 +171,7 @@ def _run(recipe: _RecipeLike, registry: Any, spec: str | None, sets: Any, out: A
     source = _source(recipe, _overrides(spec, sets, seed, device, borrowed))
     checked = validate(source, registry)
     pick_device(checked.model.device)
-    run_dir = Path(out) if out is not None else default_run_dir(checked.name)
+    run_dir = Path(out) if out is not None else default_run_dir(name or checked.name)
     with run_lock(run_dir):
         prepare_run_dir(run_dir, False)
         if borrowed is not None:
@@ -288,7 +294,8 @@ def visualize(model: _ModelLike, what: str, *, photo: str | Path | None = None, 
     data = preset(kind, fill, iterations)
     if size is not None:
         data["steps"][0]["size"] = int(size)
-    return run(data, model=model, out=out, seed=seed, device=device, progress=progress)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{what.strip().rsplit(':', 1)[-1]}")[:60]
+    return _call(data, model, None, out, seed, device, progress, False, slug)
 
 
 def _parse_what(what: str, photo: str | Path | None) -> tuple[str, dict[str, Any]]:
