@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from pipeline_core.errors import RecipeError, RunFailed
+from pipeline_core.errors import OutputError, RecipeError, RunFailed
 
 __all__ = ["Model", "RunOutput", "run", "visualize", "layers", "classes"]
 
@@ -123,7 +123,7 @@ class RunOutput:
 
 def run(recipe: _RecipeLike, *, model: _ModelLike | None = None, set: Mapping[str, Any] | Sequence[str] | None = None,
         out: str | Path | None = None, seed: int | None = None, device: str | None = None, progress: bool = True,
-        save_model: bool = False) -> RunOutput:
+        save_model: bool = False, force: bool = False) -> RunOutput:
     """Run ``recipe`` as ``pipeline run`` does and return what it left.
 
     ``recipe``: a file (a run's run.json replays it), YAML text or a mapping. ``model``: an
@@ -131,18 +131,19 @@ def run(recipe: _RecipeLike, *, model: _ModelLike | None = None, set: Mapping[st
     spec string (``"mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224"``, ``"timm:resnet18"``).
     ``set``: overrides by dotted key (``{"steps.2.sigma": 1}`` or ``["iterations=8"]``). ``out``:
     the run folder (default a new one under runs/). ``save_model``: keep an in-memory model's
-    state dict in the run folder (model_state.pt), so the run can be replayed from it.
+    state dict in the run folder (model_state.pt), so the run can be replayed from it. ``force``:
+    replace the run in a non-empty ``out`` (its files go), for a cell run again.
 
     A bad recipe, option or model raises :class:`~pipeline_core.errors.PipelineError` with the
     line the command prints; a run that fails raises :class:`~pipeline_core.errors.RunFailed`
     (its record is written first). An interrupt (the kernel's stop button, Ctrl-C) ends the run
     at the next iteration and returns its partial output with status ``interrupted``.
     """
-    return _call(recipe, model, set, out, seed, device, progress, save_model, None)
+    return _call(recipe, model, set, out, seed, device, progress, save_model, None, force)
 
 
 def _call(recipe: _RecipeLike, model: Any, sets: Any, out: Any, seed: Any, device: Any, progress: bool,
-          save_model: bool, name: str | None) -> RunOutput:
+          save_model: bool, name: str | None, force: bool = False) -> RunOutput:
     """:func:`run`, with ``name`` for the default run folder (runs/NAME) of a recipe given as data."""
     from pipeline_core.run.borrowed import module_lent, torch_state_kept
     from pipeline_core.run.python_model import lend
@@ -153,27 +154,31 @@ def _call(recipe: _RecipeLike, model: Any, sets: Any, out: Any, seed: Any, devic
         borrowed = lend(model, registry) if model is not None and not isinstance(model, str) else None
         try:
             if borrowed is None:
-                return _run(recipe, registry, model, sets, out, seed, device, progress, None, save_model, name)
+                return _run(recipe, registry, model, sets, out, seed, device, progress, None, save_model, name, force)
             with module_lent(borrowed.module):
-                return _run(recipe, registry, None, sets, out, seed, device, progress, borrowed, save_model, name)
+                return _run(recipe, registry, None, sets, out, seed, device, progress, borrowed, save_model, name,
+                            force)
         finally:
             if borrowed is not None:
                 registry.models.pop(borrowed.name, None)
 
 
 def _run(recipe: _RecipeLike, registry: Any, spec: str | None, sets: Any, out: Any, seed: Any, device: Any,
-         progress: bool, borrowed: Any, save_model: bool, name: str | None) -> RunOutput:
+         progress: bool, borrowed: Any, save_model: bool, name: str | None, force: bool) -> RunOutput:
     from pipeline_core.recipe.loader import validate
     from pipeline_core.run.device import pick_device
     from pipeline_core.run.engine import Run
-    from pipeline_core.run.record import default_run_dir, prepare_run_dir, run_lock
+    from pipeline_core.run.record import _contents, default_run_dir, prepare_run_dir, run_lock
 
     source = _source(recipe, _overrides(spec, sets, seed, device, borrowed))
     checked = validate(source, registry)
     pick_device(checked.model.device)
     run_dir = Path(out) if out is not None else default_run_dir(name or checked.name)
+    if not force and run_dir.is_dir() and _contents(run_dir):  # the command's check, in this API's words
+        raise OutputError(f"the run folder {run_dir} is not empty; pass force=True to replace its run or "
+                          "out= another folder")
     with run_lock(run_dir):
-        prepare_run_dir(run_dir, False)
+        prepare_run_dir(run_dir, force)
         if borrowed is not None:
             if save_model:
                 borrowed.save(run_dir)
@@ -281,7 +286,7 @@ def _output(result: Any, engine: Any) -> RunOutput:
 
 def visualize(model: _ModelLike, what: str, *, photo: str | Path | None = None, iterations: int | None = None,
               size: int | None = None, out: str | Path | None = None, seed: int | None = None,
-              device: str | None = None, progress: bool = True) -> RunOutput:
+              device: str | None = None, progress: bool = True, force: bool = False) -> RunOutput:
     """One picture of what ``model`` sees, with the shipped recipes' settings.
 
     ``what``: ``"labels:castle"`` (or ``"labels:483"``) a class from noise; ``"LAYER:CHANNEL"``
@@ -295,7 +300,7 @@ def visualize(model: _ModelLike, what: str, *, photo: str | Path | None = None, 
     if size is not None:
         data["steps"][0]["size"] = int(size)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{what.strip().rsplit(':', 1)[-1]}")[:60]
-    return _call(data, model, None, out, seed, device, progress, False, slug)
+    return _call(data, model, None, out, seed, device, progress, False, slug, force)
 
 
 def _parse_what(what: str, photo: str | Path | None) -> tuple[str, dict[str, Any]]:

@@ -88,6 +88,10 @@ def test_a_run_made_from_memory_keeps_its_weights_on_request_and_replays_from_it
     assert all(torch.equal(saved[k], v) for k, v in model.module.state_dict().items())
     again = pc.run(tmp_path / "a" / "run.json", model=model, out=tmp_path / "b", progress=False)
     assert torch.equal(again.images, first.images)
+    with pytest.raises(PipelineError, match=r"is not empty; pass force=True"):  # a cell run again
+        pc.run(tmp_path / "a" / "run.json", model=model, out=tmp_path / "b", progress=False)
+    third = pc.run(tmp_path / "a" / "run.json", model=model, out=tmp_path / "b", progress=False, force=True)
+    assert torch.equal(third.images, first.images)
     # the command cannot rebuild an object from memory, and says how to replay it instead
     done = run_cli("run", str(tmp_path / "a" / "run.json"), "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "passed from Python" in done.stderr and "Traceback" not in done.stderr
