@@ -215,3 +215,34 @@ def test_the_package_face_is_the_api():
     assert callable(pc.run) and pc.visualize is pc.api.visualize
     with pytest.raises(PipelineError):
         pc.run({"steps": []}, model=_tiny())
+
+
+def test_a_model_family_makes_its_models_by_name_when_a_recipe_names_them():
+    from pipeline_core.errors import PluginError
+    from pipeline_core.registry import Registry
+    from pipeline_core.testing import TINY_MODEL
+
+    made = []
+
+    def make(name):
+        if name != "small":
+            raise KeyError(f"unknown model 'toy:{name}': the toy family has small only")
+        made.append(name)
+        return TINY_MODEL
+
+    registry = Registry()
+    registry._as("toys").add_model_family("toy", make)
+    assert registry.model("toy:small") is TINY_MODEL and registry.model("toy:small") is TINY_MODEL
+    assert made == ["small"]  # made once, then kept
+    with pytest.raises(KeyError, match="the toy family has small only"):
+        registry.model("toy:large")
+    registry._as("other").add_model_family("toy", make)  # a clash: refused, reported, the first keeps it
+    assert registry.families["toy"].plugin == "toys" and "already registers it" in registry.problems[-1]
+    with pytest.raises(PluginError, match="plain word"):
+        registry.add_model_family("to y", make)
+    assert "model toy:NAME" in registry.plugins["toys"].registers
+
+
+def test_the_models_command_names_the_families(cli):
+    done = cli("models")
+    assert done.returncode == 0 and "timm:NAME  (pipeline_plugins.timm_models)" in done.stdout
