@@ -53,6 +53,7 @@ def test_a_small_timm_model_runs_end_to_end_and_replays(tmp_path, model, layer, 
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "a" / "run.json").read_text())
     assert record["status"] == "completed" and record["model"]["size"] == 64
+    assert record["model"]["weights"] == "random (model.kwargs.pretrained: false)"
     assert record["model"]["mean"] == ([0.5] * 3 if "vit" in model["name"] else [0.485, 0.456, 0.406])
     facts = record["step_facts"]
     assert facts["step 2 (skip-gradient)"]["branches"] == branches  # the residual branches timm's blocks have

@@ -95,8 +95,13 @@ class RunFolder:
         resolved = recipe.resolved()
         resolved.setdefault("performance", {})["threads"] = torch.get_num_threads()
         source = Path(recipe.source.file)
-        model: dict[str, Any] = {"name": spec.name,
-                                 "weights": str(spec.weights) if spec.weights else "torchvision default",
+        if spec.weights:
+            weights = str(spec.weights)
+        elif spec.kwargs.get("pretrained") is False:
+            weights = "random (model.kwargs.pretrained: false)"
+        else:  # the name's own: torchvision's ImageNet weights, timm's pretrained ones, a plugin's
+            weights = "timm pretrained" if spec.name.startswith("timm:") else "torchvision default"
+        model: dict[str, Any] = {"name": spec.name, "weights": weights,
                                  "mean": list(info.mean), "std": list(info.std), "size": info.size}
         if recipe.model_note is not None:  # lent from Python: no file or name rebuilds it
             model["weights"] = "in memory"
