@@ -212,7 +212,10 @@ def test_an_interrupt_returns_the_partial_output_and_the_record(tmp_path, monkey
 def test_the_package_face_is_the_api():
     import pipeline_core.run.engine  # noqa: F401 - the sub-package imported first: still callable
 
+    import inspect
+
     assert callable(pc.run) and pc.visualize is pc.api.visualize
+    assert list(inspect.signature(pc.run).parameters)[:3] == ["recipe", "model", "set"]
     with pytest.raises(PipelineError):
         pc.run({"steps": []}, model=_tiny())
 

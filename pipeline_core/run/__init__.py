@@ -17,5 +17,14 @@ class _CallableRoom(_types.ModuleType):
 
         return run(*args, **kwargs)
 
+    @property
+    def __signature__(self):  # type: ignore[no-untyped-def]
+        """api.run's signature, for help() and editors (``from pipeline_core.api import run`` is the plain function)."""
+        import inspect
+
+        from pipeline_core.api import run
+
+        return inspect.signature(run)
+
 
 _sys.modules[__name__].__class__ = _CallableRoom
