@@ -231,6 +231,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         heads = ", ".join(entry.obj.heads)
         extra = f"  heads: {heads}" if heads else ""
         out_console.print(f"{_safe(name)}  [dim]({_safe(entry.plugin)})[/]{_safe(extra)}", markup=True)
+    for prefix, entry in sorted(registry.families.items()):  # every NAME its plugin knows, e.g. timm:convnext_tiny
+        out_console.print(f"{_safe(prefix)}:NAME  [dim]({_safe(entry.plugin)})[/]", markup=True)
     return 0
 
 

@@ -85,8 +85,10 @@ def list_layers(text: str, registry: Registry, size: int | None = None, base: Pa
     rows = []
     for path in layer_paths(adapter.module):
         shape = seen.get(path)
+        # tokens (N, D) of a transformer: the embedding dimensions are the channels objectives name
+        channels = (int(shape[-1]) if len(shape) == 2 else int(shape[0])) if shape else None
         rows.append(LayerRow(path, type(modules[path]).__name__, list(shape) if shape else None,
-                             int(shape[0]) if shape else None, calls.get(path, 0)))
+                             channels, calls.get(path, 0)))
     return name, side, rows
 
 

@@ -53,6 +53,8 @@ class Recipe:
     steps_bound: list[Step]
     #: (url, file) of weights the model will download on its first run, when not cached yet
     download: tuple[str, Path] | None = None
+    #: for a model lent from Python: where it came from and how to replay the run (run.json's model.in_memory)
+    model_note: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -214,6 +216,9 @@ def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[Mo
     try:
         model_def = registry.model(spec.name)
     except KeyError as exc:
+        if spec.name.startswith("python:"):  # a run.json of a run made with a model lent from Python
+            raise RecipeError(f"model '{spec.name}' was an nn.Module passed from Python: replay the run from "
+                              "Python with pipeline_core.run(RUN_JSON, model=module), or give --model", where) from None
         raise RecipeError(f"{exc.args[0]} (see 'pipeline models')", where) from None
     try:
         info = model_def.describe(spec)

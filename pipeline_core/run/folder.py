@@ -95,6 +95,17 @@ class RunFolder:
         resolved = recipe.resolved()
         resolved.setdefault("performance", {})["threads"] = torch.get_num_threads()
         source = Path(recipe.source.file)
+        if spec.weights:
+            weights = str(spec.weights)
+        elif spec.kwargs.get("pretrained") is False:
+            weights = "random (model.kwargs.pretrained: false)"
+        else:  # the name's own: torchvision's ImageNet weights, timm's pretrained ones, a plugin's
+            weights = "timm pretrained" if spec.name.startswith("timm:") else "torchvision default"
+        model: dict[str, Any] = {"name": spec.name, "weights": weights,
+                                 "mean": list(info.mean), "std": list(info.std), "size": info.size}
+        if recipe.model_note is not None:  # lent from Python: no file or name rebuilds it
+            model["weights"] = "in memory"
+            model["in_memory"] = recipe.model_note
         return {
             "status": "running",
             # what a checkpoint must carry to be resumed under this record (a resume keeps it)
@@ -110,9 +121,7 @@ class RunFolder:
             "iterations": recipe.plan.iterations,
             "iterations_done": 0,
             "batch": recipe.plan.batch,
-            "model": {"name": spec.name,
-                      "weights": str(spec.weights) if spec.weights else "torchvision default",
-                      "mean": list(info.mean), "std": list(info.std), "size": info.size},
+            "model": model,
         }
 
     def _carry_over(self) -> None:
