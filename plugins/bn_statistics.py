@@ -20,7 +20,9 @@ many classes; the images then affect one another (the penalty is shared among th
 ``over: image`` takes them over each image's own views and positions: independent images,
 each held to the average photo.
 
-``photos:`` takes the statistics from photographs instead of the stored ones: each photo is
+``source: photos`` takes the statistics from photographs instead of the stored ones (the ten
+ordinary photos shipped in this package's ``photos/`` folder, or those ``photos:`` names; naming
+photos implies the source): each photo is
 resized to the model's input size and cut into ten views (four corners, the centre and their
 mirror images, torchvision's ``ten_crop``), and the mean and variance of every channel of the
 chosen layers over all of them become the target. That gives the prior to models whose batch
@@ -32,11 +34,12 @@ edges) well and the late, class-specific ones poorly, so ``layers`` can leave th
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline_core.errors import Location, RecipeError
@@ -44,6 +47,9 @@ from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
 from .init_image import expand_images, load_photo
+
+#: ten ordinary photographs (see its ATTRIBUTION.md) whose statistics ``source: photos`` matches by default
+BUILTIN_PHOTOS = Path(__file__).resolve().parent / "photos"
 
 
 class BNStatisticsParams(StepParams):
@@ -57,10 +63,26 @@ class BNStatisticsParams(StepParams):
     layers: list[str] | None = Field(None, description="Paths of the layers to read (default: all batch-norm layers, "
                                                        "'pipeline layers MODEL --match bn' lists them); with photos any "
                                                        "layer.")
+    source: Literal["stored", "photos"] = Field(
+        "stored", description="stored: the batch-norm layers' running statistics; photos: the channels' statistics "
+                              "over photographs (the ten shipped with the package, or 'photos'), for models with "
+                              "folded or no batch norms, on any layer.")
     photos: str | list[str] | None = Field(
-        None, description="Photos (paths or globs, relative to the recipe file) whose per-channel statistics are "
-                          "matched instead of the batch-norm layers' stored ones: for models with folded or no batch "
-                          "norms.")
+        None, description="Photos (paths or globs, relative to the recipe file) for source: photos (giving them "
+                          "implies it); default: the ten ordinary photos shipped with the package.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _photos_imply_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("photos") is not None and "source" not in data:
+            data = {**data, "source": "photos"}
+        return data
+
+    @model_validator(mode="after")
+    def _photos_need_their_source(self) -> "BNStatisticsParams":
+        if self.photos is not None and self.source == "stored":
+            raise ValueError("'photos' are read only with source: photos; remove 'source: stored' or the photos")
+        return self
 
 
 def batchnorm_layers(module: nn.Module) -> list[str]:
@@ -94,22 +116,22 @@ class BNStatistics(Step):
         paths = list(self.params.layers) if self.params.layers is not None else found
         where = Location(step_index=self.index, step_name=self.name, key="layers")
         if not paths:
-            fix = "name the layers to read in 'layers'" if self.params.photos else "use a model with BatchNorm2d " \
-                "layers, or give 'photos' and 'layers' to match statistics of photographs"
+            fix = "name the layers to read in 'layers'" if self.params.source == "photos" else "use a model with " \
+                "BatchNorm2d layers, or give 'source: photos' and 'layers' to match statistics of photographs"
             raise RecipeError(f"the model has no batch-norm layer with running statistics; {fix}", where)
-        if self.params.photos is None:
+        if self.params.source == "stored":
             bad = [p for p in paths if p not in found]
             if bad:
                 raise RecipeError(f"'{bad[0]}' is not a batch-norm layer of the model; "
                                   f"the model has {len(found)} ({', '.join(found[:3])}, ...)", where)
             if all(_folded(module.get_submodule(p)) for p in paths):
                 raise RecipeError("the model's batch-norm layers are folded into its convolutions (weight 1, mean 0, "
-                                  "variance 1): they keep no statistics of photographs to match; give 'photos' to "
-                                  "take them from photographs, or use weights with real batch-norm statistics "
+                                  "variance 1): they keep no statistics of photographs to match; give 'source: photos' "
+                                  "to take them from photographs, or use weights with real batch-norm statistics "
                                   "(torchvision's)", where)
         ctx.model.add_layers(paths)
         self.paths = paths
-        if self.params.photos is not None:
+        if self.params.source == "photos":
             self.targets_ = self._photo_statistics(ctx, paths)
         else:
             self.targets_ = [self._stored(module.get_submodule(p), ctx.device) for p in paths]
@@ -128,6 +150,8 @@ class BNStatistics(Step):
     def _photo_statistics(self, ctx, paths: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the channels' mean and variance over ten views of every photo (float64 sums)."""
         photos = self.params.photos
+        if photos is None:
+            photos = [str(BUILTIN_PHOTOS / "*.png"), str(BUILTIN_PHOTOS / "*.jpg")]
         files = expand_images([photos] if isinstance(photos, str) else photos)
         if not files:
             raise RecipeError(f"no photo matches {photos!r}", Location(step_index=self.index, step_name=self.name,

@@ -65,6 +65,7 @@ def test_the_rule_scores_strict_basic_and_never_a_top_level_word():
     assert panel.judge("hotdog stand", rules["komondor"])[:2] == (False, False)  # 'dog' is not a word there
     assert panel.judge("an animal", {"strict": [], "basic": ["animal"]})[:2] == (False, False)
     assert panel.judge("nothing nameable", rules["modem"])[:2] == (False, False)
+    assert panel.judge("nothing nameable (maybe crab legs)", rules["king crab"])[:2] == (False, False)
 
 
 def test_score_keeps_every_answer_with_its_reason_and_applies_rulings(tmp_path):

@@ -193,7 +193,7 @@ def test_photos_that_match_nothing_and_a_model_without_batch_norm_say_what_to_gi
     with pytest.raises(RecipeError, match="no photo matches"):
         _bound(_adapter(TinyNet().eval()), batch=1, photos=str(tmp_path / "none" / "*.jpg"))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    with pytest.raises(RecipeError, match="give 'photos' and 'layers'"):
+    with pytest.raises(RecipeError, match="give 'source: photos' and 'layers'"):
         _bound(_adapter(plain.eval()), batch=1)
     with pytest.raises(RecipeError, match="name the layers to read"):
         _bound(_adapter(plain.eval()), batch=1, photos=_photos(tmp_path / "p"))
@@ -208,6 +208,21 @@ def test_bn_statistics_from_photos_in_a_real_recipe_relative_to_the_recipe_file(
                                 "layers": ["features.0"]})
     result = run_recipe_dict(recipe, tmp_path / "out" / "run", base_dir=tmp_path)
     assert result.status == "completed"
+
+
+def test_the_shipped_photos_are_the_default_source_and_naming_photos_implies_it(tmp_path):
+    from pipeline_plugins.bn_statistics import BUILTIN_PHOTOS
+
+    assert len(list(BUILTIN_PHOTOS.glob("*.png")) + list(BUILTIN_PHOTOS.glob("*.jpg"))) == 10
+    assert BNStatisticsParams(photos="x/*.png").source == "photos"
+    with pytest.raises(ValueError, match="only with source: photos"):
+        BNStatisticsParams(photos="x/*.png", source="stored")
+    net = TinyNet().eval()
+    shipped = _bound(_adapter(net), batch=1, source="photos")
+    stored = _bound(_adapter(net), batch=1)
+    mine = _bound(_adapter(net), batch=1, photos=_photos(tmp_path / "p"))
+    assert not torch.allclose(shipped.targets_[0][0], stored.targets_[0][0])
+    assert not torch.allclose(shipped.targets_[0][0], mine.targets_[0][0])
 
 
 def test_bn_statistics_contract_and_a_real_run(tmp_path):

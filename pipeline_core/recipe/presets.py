@@ -5,8 +5,9 @@ of picture gives, not a second opinion. The recipes folder is not installed with
 so their steps are kept here as data; tests/test_api.py compares them with the YAML files, so
 a recipe retuned there fails the test until this copy follows it.
 
-- a class: recipes/best_class.yaml (a decorrelated 1/f spectrum, skip-gradient on residual
-  models, jitter, scale and rotation of the views, the target's logit raised, Adam);
+- a class: recipes/best_class.yaml, the plausible mode (a decorrelated 1/f spectrum,
+  skip-gradient on residual models, jitter, scale and rotation of the views blurred at first, the
+  target's logit raised, photographs' feature statistics, Adam);
 - a channel: recipes/inside/mobilenet_channels.yaml (a spectrum, small shifts and zooms);
 - a neuron: recipes/inside/neurons.yaml (a spectrum, tiny shifts);
 - a layer: recipes/inside/deepdream.yaml (DeepDream of a photo at three octaves).
@@ -29,7 +30,9 @@ CLASS = {
         {"step": "random-scale", "scale": [0.8, 1.2]},
         {"step": "rotate", "on": "view", "degrees": 15},
         {"step": "jitter", "pixels": 4},
+        {"step": "blur", "on": "view", "kernel": 9, "sigma": 2.0, "until": 0.4},
         {"step": "L1-loss", "target": None, "C": 10000, "lambda": 0},
+        {"step": "bn-statistics", "source": "photos", "weight": 10},
         {"step": "adam", "lr": 0.05, "until": 0.75},
         {"step": "adam", "lr": 0.02, "from": 0.75},
     ],
