@@ -321,6 +321,10 @@ class Run:
         """The init steps' image (or the checkpoint's), inside the parameterisation step's map."""
         if self.resume is not None:
             image = self.resume.image.to(self.device)
+            for s in self.groups.by_kind[StepKind.INIT]:  # photos kept whole on a shared canvas: their frames
+                frames = getattr(s.step, "frames", None)
+                if frames:
+                    ctx.state["frames"] = list(frames) * (ctx.batch // len(frames))
         else:
             image = None
             for s in self.groups.by_kind[StepKind.INIT]:
