@@ -352,6 +352,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
             raise RecipeError(_given(source, exc.message, loc, ("iterations",), ("batch",), ("model",)), loc) from None
         kinds_seen[cls.kind] = kinds_seen.get(cls.kind, 0) + 1
         raw = {"step": cls.name, **data_i}
+        if "label" in rm.steps[index]:  # kept in run.json, so a replay's --set can name it too
+            raw["label"] = rm.steps[index]["label"]
         specs.append(StepSpec(index, cls, params, schedule, raw))
         bound.append(step)
 
