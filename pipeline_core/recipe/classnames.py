@@ -87,7 +87,7 @@ class ClassNames:
         if own:
             return sorted(set(own) | self._first_names(key))
         synonym = [i for i, keys in enumerate(self._keys) if key in keys]
-        return synonym or self._words(key)
+        return synonym or (self._words(key) if self.imagenet else [])
 
     def _first_names(self, key: str) -> set[int]:
         """Classes whose first WordNet name is ``key`` (the model may have lengthened it: 'crane bird')."""
