@@ -99,7 +99,13 @@ def _target_step(base: Recipe, axis: Axis) -> bool:
 def resolve_axes(spec: SweepSpec, base: Recipe) -> list[ResolvedAxis]:
     out = []
     n_classes = len(base.plan.categories)
+    same: dict[str, str] = {}  # a step named two ways (adam.lr, steps.4.lr) is one setting, not two axes
     for axis in spec.axes:
+        canonical = ".".join(map(str, step_path(base.source.data, axis.parts, axis.where.file or axis.key)))
+        if canonical in same:
+            raise RecipeError(f"the axes '{same[canonical]}' and '{axis.key}' both set {canonical}; keep one "
+                              "(--axis replaces an axis given by the same key)", axis.where)
+        same[canonical] = axis.key
         per_image = _target_step(base, axis)
         values = axis.raw
         if isinstance(values, str):  # 'all' or a range: a class objective's target only
