@@ -193,7 +193,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline_core.commands.evaluate import evaluate_run, parse_model_arg, render
-
     from pipeline_core.run.threads import using_threads
 
     models = [parse_model_arg(text) for text in args.model]
