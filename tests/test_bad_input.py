@@ -584,7 +584,7 @@ def test_grayscale_rgba_palette_and_16_bit_photos_work(in_process, capsys, tmp_p
     Image.fromarray(pixels.astype("uint16") * 257).save(tmp_path / "deep.png")  # 16-bit grayscale
     Image.fromarray(np.dstack([pixels] * 3)).convert("CMYK").save(tmp_path / "cmyk.jpg")
     recipe = tiny_recipe(iterations=1, output={"video": False})
-    recipe["steps"][0] = {"step": "init-image", "size": 32,
+    recipe["steps"][0] = {"step": "init-image", "size": 32, "fit": "crop",
                           "images": ["gray.png", "rgba.png", "palette.png", "deep.png", "cmyk.jpg"]}
     (tmp_path / "photos.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
 

@@ -81,7 +81,9 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
         sweep_dir.mkdir(parents=True, exist_ok=True)
         status = shard.RankStatus(sweep_dir, world, token, str(device))
         extra = {"batch_auto": spec.batch == "auto", "world_size": world.size,
-                 **({"batch_probe": how} if how else {})}
+                 **({"batch_probe": how} if how else {}),
+                 # the options that changed the recipe or the axes, as typed (the atlas page shows them)
+                 "options": [getattr(o, "shown", None) or f"--set {o}" for o in sets] + [f"--axis {a}" for a in axis]}
 
         def refresh() -> None:
             outcomes = overall.outcomes() if overall is not None else None

@@ -270,6 +270,7 @@ def render_atlas(sweep_dir: Path) -> str:
     return _environment().get_template("atlas.html.j2").render(
         name=str(sweep.get("name") or sweep_dir.name), recipe=str(sweep.get("recipe") or ""),
         axes={str(k): _list(v) for k, v in _dict(sweep.get("axes")).items()},
+        options=[str(o) for o in _list(sweep.get("options"))],
         total=sweep.get("total") if _is_number(sweep.get("total")) else len(jobs),
         jobs=jobs, judges=judges, counts=counts, classes=classes,
         written=time.strftime("%Y-%m-%d %H:%M:%S"), version=__version__,

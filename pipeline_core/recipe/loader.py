@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -133,7 +134,9 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
         raise RecipeError(
             f"{exc.args[0]} (see 'pipeline steps')", source.where(path + ("step",), step_index=index, key="step")
         ) from None
-    data = {k: v for k, v in raw.items() if k != "step"}
+    data = {k: v for k, v in raw.items() if k not in ("step", "label")}
+    if "label" in raw:
+        _check_label(source, index, name, raw["label"])
     for field_name in getattr(cls, "paths", ()):
         if field_name in data:
             data[field_name] = _paths_at(source, path + (field_name,), data[field_name], step_index=index,
@@ -145,6 +148,21 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
         raise_validation(exc, model, source, path, step=(index, name))
     _check_magnitudes(source, path, params.model_dump(by_alias=True), (index, cls.name))
     return cls, data, params
+
+
+#: a step's label: a name --set can use in place of the position (no dots, not a number)
+LABEL_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def _check_label(source: Source, index: int, name: str, label: Any) -> None:
+    if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+        raise RecipeError(f"a step's label must be a short name of letters, digits, '-' and '_' that starts with "
+                          f"a letter (--set LABEL.KEY=VALUE uses it), got {label!r}",
+                          source.where(("steps", index, "label"), step_index=index, step_name=name, key="label"))
+    for other, raw in enumerate(source.data["steps"][:index]):
+        if isinstance(raw, dict) and raw.get("label") == label:
+            raise RecipeError(f"the label '{label}' is already step {other}'s; labels name one step each",
+                              source.where(("steps", index, "label"), step_index=index, step_name=name, key="label"))
 
 
 #: the largest float32: a parameter beyond it becomes Inf on the device
@@ -339,6 +357,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
             raise RecipeError(_given(source, exc.message, loc, ("iterations",), ("batch",), ("model",)), loc) from None
         kinds_seen[cls.kind] = kinds_seen.get(cls.kind, 0) + 1
         raw = {"step": cls.name, **data_i}
+        if "label" in rm.steps[index]:  # kept in run.json, so a replay's --set can name it too
+            raw["label"] = rm.steps[index]["label"]
         specs.append(StepSpec(index, cls, params, schedule, raw))
         bound.append(step)
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline_core.context import RunContext
@@ -249,12 +250,21 @@ class RunFolder:
         final = ctx.param.image().detach().float().clamp(0, 1)
         images_dir = self.run_dir / "images"
         pics = to_uint8(final)
+        # photos of other shapes kept whole on one canvas (init-image's fit: whole): each PNG is
+        # its own photo's frame, (top, left, height, width) as fractions of the canvas; grid.png
+        # shows the canvas
+        frames = ctx.state.get("frames") or [None] * pics.shape[0]
+        H, W = pics.shape[1:3]
         names = []
         for i in range(pics.shape[0]):
             targets = self.targets[i]
             label = targets[-1]["name"] if targets else self.labels[i] or "image"
             names.append(f"{i:03d}_{_slug(label)}.png")
-            save_png(images_dir / names[-1], pics[i])
+            pic = pics[i]
+            if frames[i] is not None:
+                top, left = round(frames[i][0] * H), round(frames[i][1] * W)
+                pic = pic[top:top + max(1, round(frames[i][2] * H)), left:left + max(1, round(frames[i][3] * W))]
+            save_png(images_dir / names[-1], np.ascontiguousarray(pic))
         columns = self.recipe.model.output.columns
         tile = auto_tile(final.shape[0], max(final.shape[-2:]), False, columns, budget=MAX_GRID_SIDE)
         save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns))

@@ -35,7 +35,7 @@ from pipeline_core.errors import Location, RecipeError
 from pipeline_core.objectives import ClassObjective
 from pipeline_core.recipe.loader import Recipe, load_recipe
 from pipeline_core.recipe.sections import MAX_BATCH
-from pipeline_core.recipe.source import Override
+from pipeline_core.recipe.source import Override, step_path
 from pipeline_core.registry import Registry
 from pipeline_core.sweep.spec import MAX_JOBS, Axis, SweepSpec, range_values
 
@@ -89,7 +89,8 @@ class SweepPlan:
 
 
 def _target_step(base: Recipe, axis: Axis) -> bool:
-    parts = axis.parts
+    # a step named by label or name (L1-loss.target) is the same step as its position
+    parts = step_path(base.source.data, axis.parts, axis.where.file or axis.key)
     if len(parts) != 3 or parts[0] != "steps" or parts[2] != "target" or not isinstance(parts[1], int):
         return False
     return parts[1] < len(base.steps) and issubclass(base.steps[parts[1]].cls, ClassObjective)
@@ -98,7 +99,13 @@ def _target_step(base: Recipe, axis: Axis) -> bool:
 def resolve_axes(spec: SweepSpec, base: Recipe) -> list[ResolvedAxis]:
     out = []
     n_classes = len(base.plan.categories)
+    same: dict[str, str] = {}  # a step named two ways (adam.lr, steps.4.lr) is one setting, not two axes
     for axis in spec.axes:
+        canonical = ".".join(map(str, step_path(base.source.data, axis.parts, axis.where.file or axis.key)))
+        if canonical in same:
+            raise RecipeError(f"the axes '{same[canonical]}' and '{axis.key}' both set {canonical}; keep one "
+                              "(--axis replaces an axis given by the same key)", axis.where)
+        same[canonical] = axis.key
         per_image = _target_step(base, axis)
         values = axis.raw
         if isinstance(values, str):  # 'all' or a range: a class objective's target only
