@@ -336,7 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(args)
     if args.command == "score":
         return score(args)
-    print_report([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.scores])
+    results = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.scores]
+    print_report(results)
+    if len(results) > 1:  # one panel's dozen images say little; all of them together, more
+        pooled = tracking([r for res in results for r in res["answers_scored"]])
+        made = sum(r["source"] != "photo" for res in results for r in res["answers_scored"])
+        print(f"\nall panels together ({made} generated images): statistic vs basic naming")
+        for k, v in pooled.items():
+            print(f"  {k}: r = {v['r_with_basic']:+.2f} (named {v['mean_named']}, unnamed {v['mean_unnamed']})")
     return 0
 
 
