@@ -208,7 +208,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return sweep(args.sweep, _registry(args.quiet), _overrides(args), axis=args.axis, batch=args.batch,
                  out=args.out, force=args.force, quiet=args.quiet, console=err_console,
-                 say=lambda line: err_console.print(_printable(line)))
+                 say=lambda line: err_console.print(_printable(line)), max_jobs=args.max_jobs)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -418,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "mean cuda:LOCAL_RANK)")
     sw.add_argument("--quiet", action="store_true", help="no progress display")
     sw.add_argument("--force", action="store_true", help="run every batch again, finished ones too")
+    sw.add_argument("--max-jobs", type=_count(1), metavar="N", help="run a sweep of more than 100000 jobs (refused "
+                    "without it: give its number of jobs to confirm)")
     sw.set_defaults(func=cmd_sweep)
 
     rep = command("report", "rebuild the page of a run folder (report.html) or a sweep folder (atlas.html)")

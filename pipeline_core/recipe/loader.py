@@ -7,6 +7,7 @@ name, and the key, says what was expected, and suggests the closest valid name f
 from __future__ import annotations
 
 import copy
+import os
 import json
 import math
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ class Recipe:
     @property
     def name(self) -> str:
         stem = Path(self.source.file).stem
-        # shown by the progress display and used for runs/NAME: never a control character
-        return _printable(Path(self.source.file).parent.name if stem == "run" else stem)
+        # shown by the progress display and used for runs/NAME: never a control character; a
+        # replay (RUN/run.json, also given as plain run.json from inside RUN) is named for its folder
+        folder = Path(os.path.abspath(self.source.file)).parent.name
+        return _printable((folder or "run") if stem == "run" else stem)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain data, paths absolute, overrides applied: replayable as is."""

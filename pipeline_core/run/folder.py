@@ -28,6 +28,7 @@ from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
+from pipeline_core.run import confine
 from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
 from pipeline_core.run.record import RunRecord, check_free_space, new_run_id, save_png, versions
 from pipeline_core.run.faults import step_label
@@ -238,7 +239,8 @@ class RunFolder:
         big to score (a run that failed for lack of memory) still leaves its images."""
         assert ctx.param is not None
         final = ctx.param.image().detach().float().clamp(0, 1)
-        images_dir = self.run_dir / "images"
+        # never through a link out of the run folder (confine says why)
+        images_dir = confine.inside(self.run_dir, "images")
         pics = to_uint8(final)
         names = []
         for i in range(pics.shape[0]):

@@ -118,7 +118,9 @@ def new_token() -> str:
 
 
 def status_path(sweep_dir: Path, rank: int) -> Path:
-    return sweep_dir / STATUS_DIR / f"rank-{rank:05d}.json"
+    from pipeline_core.run.confine import inside
+
+    return inside(sweep_dir, f"{STATUS_DIR}/rank-{rank:05d}.json")
 
 
 @dataclass
