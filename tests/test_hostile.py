@@ -396,3 +396,76 @@ def test_a_wrong_range_says_what_is_wrong_with_the_range(axis, message, tmp_path
     with pytest.raises(RecipeError) as info:
         load_sweep(tiny_sweep(tmp_path / "o"), [f"target={axis}"])
     assert str(info.value).startswith(f"--axis target={axis}: the axis 'steps.1.target': {message}")
+
+
+# -- 3. a file that is not a regular file is refused, never waited on; user text is text ---------
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    run_dir = tmp_path / "run"
+    run_recipe_dict(tiny_recipe(iterations=3, batch=2, steps=[
+        {"step": "init-noise", "size": 32}, {"step": "L1-loss", "target": [1, 2]},
+        {"step": "gradient-step", "lr": 0.01}]), run_dir, registry=REGISTRY)
+    assert (run_dir / "metrics.jsonl").is_file()
+    return run_dir
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "run.json", "evaluation.json"])
+def test_report_refuses_a_fifo_instead_of_waiting_on_it(tiny_env, finished_run, name):
+    (finished_run / name).unlink(missing_ok=True)
+    os.mkfifo(finished_run / name)
+
+    proc = pipeline("report", str(finished_run), env=tiny_env, timeout=120)  # a hang fails here, not for ever
+
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and f"{finished_run / name} is a FIFO (named pipe), not a regular file" in lines[0]
+
+
+def test_the_readers_never_wait_on_a_fifo(tmp_path):
+    from pipeline_core.output.metrics import read_metrics
+    from pipeline_core.output.report import _read_json
+    from pipeline_core.regular import NotRegularFile, read_text
+
+    os.mkfifo(tmp_path / "pipe")
+    assert read_metrics(tmp_path / "pipe") == [] and _read_json(tmp_path / "pipe") is None
+    with pytest.raises(NotRegularFile, match="is a FIFO"):
+        read_text(tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("what", ["weights", "photo"])
+def test_a_fifo_as_weights_or_photo_is_one_line_naming_it(what, in_process, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    if what == "weights":
+        recipe = tiny_recipe(model={"name": "tiny-test-model", "weights": "pipe"})
+    else:
+        recipe = tiny_recipe(steps=[{"step": "init-image", "images": "pipe"}, {"step": "L1-loss", "target": 3},
+                                    {"step": "gradient-step", "lr": 0.01}])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert in_process(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    line = one_line(capsys)
+    assert f"{tmp_path / 'pipe'}" in line and "a FIFO (named pipe), not a regular file" in line
+    assert "r.yaml:" in line
+
+
+MATH = "$\\frac{$ cat"  # a class name that mathtext cannot parse
+
+
+def test_a_class_name_with_dollars_is_drawn_as_text_and_the_report_is_written(tiny_env, tmp_path):
+    names = [MATH if i == 1 else f"$x_{i}$ dog" for i in range(10)]
+    recipe = tiny_recipe(iterations=3, batch=2, model={"name": "tiny-test-model", "categories": names}, steps=[
+        {"step": "init-noise", "size": 32}, {"step": "L1-loss", "target": [1, 2]},
+        {"step": "gradient-step", "lr": 0.01}])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+
+    proc = pipeline("run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet", env=tiny_env)
+
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert "report_warning" not in record and "report.html" in record["files"]
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "$\\frac{$ cat" in page and "$x_2$ dog" in page  # the legend says the names as they are
+    (tmp_path / "o" / "report.html").unlink()
+    proc = pipeline("report", str(tmp_path / "o"), env=tiny_env)
+    assert proc.returncode == 0 and (tmp_path / "o" / "report.html").is_file(), proc.stderr

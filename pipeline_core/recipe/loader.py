@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from pipeline_core import regular
 from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec, _skeleton_layers, _unknown_layer
 from pipeline_core.recipe.messages import describe, raise_validation
@@ -190,6 +191,10 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
     weights = None
     if m.weights:
         weights = Path(_paths_at(source, ("model", "weights"), m.weights, key="model.weights"))
+        kind = regular.problem(weights)
+        if kind:  # a FIFO would make the weights' reader wait for ever
+            raise RecipeError(f"the weights {weights} are {kind}, not a regular file; name the weights file itself",
+                              source.where(("model", "weights"), key="model.weights"))
         if not weights.is_file():
             raise RecipeError(
                 f"no weights file at {weights}", source.where(("model", "weights"), key="model.weights")

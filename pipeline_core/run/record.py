@@ -406,7 +406,12 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     """A run folder's run.json as a mapping; RecipeError (one line) if it is not a run record."""
     from pipeline_core.errors import RecipeError
 
+    from pipeline_core import regular
+
     path = run_dir / "run.json"
+    kind = regular.problem(path)
+    if kind:
+        raise RecipeError(f"{path} is {kind}, not a run record; remove it (a run writes a regular file)")
     if not path.is_file():
         raise RecipeError(f"{run_dir} holds no run: it has no run.json")
     try:
