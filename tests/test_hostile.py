@@ -469,3 +469,154 @@ def test_a_class_name_with_dollars_is_drawn_as_text_and_the_report_is_written(ti
     (tmp_path / "o" / "report.html").unlink()
     proc = pipeline("report", str(tmp_path / "o"), env=tiny_env)
     assert proc.returncode == 0 and (tmp_path / "o" / "report.html").is_file(), proc.stderr
+
+
+# -- 4. one line, and the right fix --------------------------------------------------------------
+
+
+def test_a_nan_in_a_direction_says_nan_is_not_allowed(in_process, tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe()).replace(
+        "- step: L1-loss\n  target: 3\n",
+        "- step: direction\n  layer: features.2\n  direction: [.nan, 1, 1, 1, 1, 1, 1, 1]\n"))
+    assert in_process(["validate", str(tmp_path / "r.yaml")]) == 2
+    line = one_line(capsys)
+    assert "step 1 (direction): key 'direction': NaN is not allowed (item 0 of the list)" in line, line
+    assert "expected a text or a list" not in line
+    assert in_process(["validate", str(tmp_path / "r.yaml"), "--set",
+                       "steps.1.direction=[1, .inf, 1, 1, 1, 1, 1, 1]"]) == 2
+    assert "infinity is not allowed (item 1 of the list)" in one_line(capsys)
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "0x" + "f" * 5000, "-" + "1" * 4400])
+@pytest.mark.parametrize("key", ["iterations: 4", "seed: 0", "  target: 3"])
+def test_a_five_thousand_digit_integer_is_one_line_naming_its_line(number, key, in_process, tmp_path, capsys):
+    text = yaml.safe_dump(tiny_recipe())
+    assert key in text
+    lines = text.splitlines()
+    line_no = next(i for i, line in enumerate(lines, 1) if line == key)
+    (tmp_path / "r.yaml").write_text(text.replace(key, key.rsplit(" ", 1)[0] + " " + number))
+    assert in_process(["validate", str(tmp_path / "r.yaml")]) == 2
+    line = one_line(capsys)
+    assert f"r.yaml:{line_no}: a number of" in line and "no setting takes a number that long" in line, line
+    assert "set_int_max_str_digits" not in line and len(line) < 400
+
+
+def big_png(path: Path, side: int) -> Path:
+    """A real, valid grey PNG of side x side pixels, written row by row (it never sits in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * side
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_9800_px_photo_is_one_line_with_the_limit_before_it_takes_any_memory(tiny_env, tmp_path):
+    import resource
+
+    big_png(tmp_path / "huge.png", 9800)
+    recipe = tiny_recipe(steps=[{"step": "init-image", "images": "huge.png"}, {"step": "L1-loss", "target": 3},
+                                {"step": "gradient-step", "lr": 0.01}])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+
+    proc = pipeline("validate", str(tmp_path / "r.yaml"), env=tiny_env)
+
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "DecompressionBomb" not in proc.stderr
+    assert "huge.png is 9800x9800 pixels (96.0 megapixels), more than the 50 megapixels" in lines[0]
+    assert "PIPELINE_MAX_PHOTO_PIXELS=" in lines[0] and "r.yaml:" in lines[0]
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < 1.5 * 2**30
+
+
+def test_the_photo_limit_is_raised_by_its_variable(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from pipeline_plugins.init_image import load_photo
+
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(tmp_path / "p.png")
+    monkeypatch.setenv("PIPELINE_MAX_PHOTO_PIXELS", "50000")
+    with pytest.raises(RecipeError, match="300x200 pixels .* more than the 0.05 megapixels"):
+        load_photo(tmp_path / "p.png")
+    monkeypatch.setenv("PIPELINE_MAX_PHOTO_PIXELS", "60000")
+    assert tuple(load_photo(tmp_path / "p.png").shape) == (3, 200, 300)
+
+
+def test_a_corrupt_file_in_torchs_weights_cache_is_named_with_how_to_fix_it(monkeypatch, tmp_path, capsys):
+    import torch
+
+    from pipeline_core.host.manager import build_registry
+    from pipeline_plugins.torchvision_models import _cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = _cache_path("mobilenet_v2")
+    assert str(cached).startswith(str(tmp_path)), torch.hub.get_dir()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"garbage" * 1000)
+    registry = build_registry()
+    monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
+    write_recipe(tmp_path, "r.yaml", model={"name": "mobilenet_v2"}, iterations=1)
+
+    code = cli.main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
+
+    assert code in (1, 2)
+    line = one_line(capsys)
+    assert f"the cached weights of mobilenet_v2 at {cached} cannot be read" in line
+    assert f"delete it (rm {cached})" in line
+    assert cached.read_bytes() == b"garbage" * 1000  # told, not deleted behind the user's back
+
+
+#: a sitecustomize that sends its own process a SIGINT the moment a given module starts importing
+KILL_AT_IMPORT = '''
+import os, signal, sys
+
+class _KillAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("PIPELINE_TEST_KILL_AT"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, _KillAt())
+'''
+
+
+@pytest.mark.parametrize("module", ["pipeline_core.commands.cli", "rich.console", "argparse"])
+def test_ctrl_c_while_the_command_is_importing_is_one_line_and_130(module, tiny_env, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(KILL_AT_IMPORT)
+    env = {**tiny_env, "PYTHONPATH": os.pathsep.join([str(tmp_path), tiny_env["PYTHONPATH"]]),
+           "PIPELINE_TEST_KILL_AT": module}
+    proc = pipeline("--version", env=env, timeout=120)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.strip() == "interrupted (Ctrl-C)", proc.stderr
+
+
+# -- 5. layers reads the weights it is given -------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["text", "other"])
+def test_layers_with_a_text_file_or_another_models_weights_fails_in_one_line(what, mobilenet_path, tmp_path):
+    import torch
+    import torchvision
+
+    if what == "text":
+        (tmp_path / "w.pth").write_text("these are not weights\n")
+        expected = "is not a PyTorch state dict (the file is corrupt, cut short or not a PyTorch file)"
+    else:
+        torch.save(torchvision.models.squeezenet1_1(num_classes=4).state_dict(), tmp_path / "w.pth")
+        expected = "does not fit torchvision's mobilenet_v2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = pipeline("layers", f"mobilenet_v2,weights={tmp_path / 'w.pth'}", "--match", "features.18", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and f"{tmp_path / 'w.pth'}" in lines[0] and expected in lines[0], lines
+    assert not proc.stdout.strip()
+    good = pipeline("layers", f"mobilenet_v2,weights={mobilenet_path}", "--match", "features.18.0", env=env)
+    assert good.returncode == 0 and "features.18.0" in good.stdout, good.stderr

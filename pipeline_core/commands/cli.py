@@ -11,24 +11,14 @@ import os
 import signal
 import sys
 
-
-def _interrupted_while_starting(signum: int, _frame: object) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    os.write(2, f"interrupted ({name})\n".encode())
-    os._exit(130)
-
+from pipeline_core.commands.early import as_command, catch_startup_signals
 
 # Started as the command (not imported by a test or a script): a Ctrl-C, SIGTERM or SIGHUP
 # while the modules below are still being imported is one line and exit code 130, not a
 # traceback; main() takes over from here.
-_argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-_AS_COMMAND = os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py"))
+_AS_COMMAND = as_command()
 if _AS_COMMAND:
-    for _name, _default in (("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
-                            ("SIGHUP", signal.SIG_DFL)):
-        _signum = getattr(signal, _name, None)
-        if _signum is not None and signal.getsignal(_signum) is _default:
-            signal.signal(_signum, _interrupted_while_starting)
+    catch_startup_signals()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -82,6 +82,27 @@ RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
+#: an integer of more digits than this is no setting (and Python refuses to print one past 4300)
+MAX_DIGITS = 100
+
+
+class _TooLong(yaml.MarkedYAMLError):
+    """A number too long to be a setting, with the place it was written."""
+
+
+def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).lstrip("+-").lower()
+    if text[:2] in ("0x", "0b", "0o"):
+        text = text[2:]
+    digits = sum(ch.isalnum() for ch in text)
+    if digits > MAX_DIGITS:
+        raise _TooLong(None, None, f"a number of {digits} digits: no setting takes a number that long (at most "
+                                   f"{MAX_DIGITS} digits); write the value you mean", node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
 #: A recipe (or run.json) larger than this is not one.
 MAX_RECIPE_BYTES = 16 * 2**20
 
@@ -145,7 +166,9 @@ def _walk(loader: RecipeLoader, root: yaml.Node, file: str) -> dict[PathKey, int
 def _yaml_error(file: str, exc: yaml.YAMLError) -> RecipeError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = " ".join(str(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]).split())
-    if "could not determine a constructor" in str(exc):
+    if isinstance(exc, _TooLong):
+        pass
+    elif "could not determine a constructor" in str(exc):
         tag = str(exc).split("tag '")[-1].split("'")[0] if "tag '" in str(exc) else "?"
         tag = tag.replace("tag:yaml.org,2002:", "!!")
         problem = f"the YAML tag '{tag}' is not allowed: recipes hold plain data only (remove the tag)"
