@@ -480,11 +480,12 @@ def test_a_nan_in_a_direction_says_nan_is_not_allowed(in_process, tmp_path, caps
         "- step: direction\n  layer: features.2\n  direction: [.nan, 1, 1, 1, 1, 1, 1, 1]\n"))
     assert in_process(["validate", str(tmp_path / "r.yaml")]) == 2
     line = one_line(capsys)
-    assert "step 1 (direction): key 'direction': NaN is not allowed (item 0 of the list)" in line, line
+    assert ("step 1 (direction): key 'direction': expected a finite number (item 0 of the list), got nan: NaN is "
+            "not allowed") in line, line
     assert "expected a text or a list" not in line
     assert in_process(["validate", str(tmp_path / "r.yaml"), "--set",
                        "steps.1.direction=[1, .inf, 1, 1, 1, 1, 1, 1]"]) == 2
-    assert "infinity is not allowed (item 1 of the list)" in one_line(capsys)
+    assert "(item 1 of the list), got inf: infinity is not allowed" in one_line(capsys)
 
 
 @pytest.mark.parametrize("number", ["9" * 5000, "0x" + "f" * 5000, "-" + "1" * 4400])
@@ -499,6 +500,7 @@ def test_a_five_thousand_digit_integer_is_one_line_naming_its_line(number, key, 
     line = one_line(capsys)
     assert f"r.yaml:{line_no}: a number of" in line and "no setting takes a number that long" in line, line
     assert "set_int_max_str_digits" not in line and len(line) < 400
+    assert f"a number of {4400 if number.startswith('-') else 5000 if number[1] != 'x' else 6050} digits" in line
 
 
 def big_png(path: Path, side: int) -> Path:

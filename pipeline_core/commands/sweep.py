@@ -93,6 +93,7 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
         token = everyone[0]["token"]
         plan = make_plan(spec, registry, sets, batch_size=size, check=True, max_jobs=limit)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        shard.status_path(sweep_dir, world.rank)  # refused now if its way leads out of the sweep folder
         status = shard.RankStatus(sweep_dir, world, token, str(device))
         extra = {"batch_auto": spec.batch == "auto", "world_size": world.size,
                  **({"batch_probe": how} if how else {})}

@@ -79,7 +79,7 @@ def _not_finite(value: Any, inner: Sequence[Any]) -> str:
     """The message for a NaN or an infinity where numbers are expected."""
     word = "NaN" if isinstance(value, float) and value != value else "infinity"
     where = f" (item {inner[0]} of the list)" if inner and isinstance(inner[0], int) else ""
-    return f"{word} is not allowed{where}: expected a finite number, got {value!r}"
+    return f"expected a finite number{where}, got {value!r}: {word} is not allowed"
 
 
 def describe(err: dict[str, Any], model: type[BaseModel],

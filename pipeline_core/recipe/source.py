@@ -7,6 +7,7 @@ recorded too, so an error in one names the command line rather than the file.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,9 @@ RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
-#: an integer of more digits than this is no setting (and Python refuses to print one past 4300)
-MAX_DIGITS = 100
+#: an integer of more decimal digits than this is no setting (and Python refuses to print one
+#: past 4300, so a message quoting it would fail)
+MAX_DIGITS = 4000
 
 
 class _TooLong(yaml.MarkedYAMLError):
@@ -92,9 +94,10 @@ class _TooLong(yaml.MarkedYAMLError):
 
 def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node)).lstrip("+-").lower()
-    if text[:2] in ("0x", "0b", "0o"):
+    per_digit = {"0x": 1.21, "0b": 0.31, "0o": 0.91}.get(text[:2], 1.0)  # decimal digits per digit
+    if per_digit != 1.0:
         text = text[2:]
-    digits = sum(ch.isalnum() for ch in text)
+    digits = math.ceil(sum(ch.isalnum() for ch in text) * per_digit)
     if digits > MAX_DIGITS:
         raise _TooLong(None, None, f"a number of {digits} digits: no setting takes a number that long (at most "
                                    f"{MAX_DIGITS} digits); write the value you mean", node.start_mark)

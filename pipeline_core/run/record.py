@@ -132,7 +132,9 @@ def _pid_alive(pid: int) -> bool:
 def _lock_owner(path: Path) -> tuple[int, str] | None:
     """(pid, host) written in a lock file; None if it holds anything else."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")[:200]
+        from pipeline_core import regular
+
+        text = regular.read_text(path, errors="replace")[:200]  # never waits on a FIFO
     except OSError:
         return None
     found = re.fullmatch(r"\s*(\d{1,10})(?:\s+(\S+))?\s*", text)

@@ -2,7 +2,7 @@
 
 ::
 
-    name: atlas                      # optional; the file's stem otherwise
+    name: atlas                      # optional (a plain name: runs/NAME); the file's stem otherwise
     recipe: atlas_recipe.yaml        # relative to this file
     axes:
       steps.3.target: all            # every class of the model; or 0-99, or [goldfish, 7]
