@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import pipeline_core.commands.cli as cli
-from pipeline_core.errors import OutputError, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 from pipeline_core.testing import make_registry, run_recipe_dict, tiny_recipe
@@ -281,7 +281,6 @@ def test_an_overwritten_weights_file_runs_the_sweep_again_instead_of_reporting_t
 
 def test_the_batch_identity_follows_the_contents_of_photos_and_is_read_once(tmp_path, monkeypatch):
     from pipeline_core.recipe.loader import load_recipe
-    from pipeline_core.sweep import contents
     from pipeline_core.sweep.plan import fingerprint
 
     photo = tmp_path / "photo.png"

@@ -20,7 +20,6 @@ import re
 import shutil
 import platform
 import socket
-import stat
 import tempfile
 import time
 import uuid
@@ -285,11 +284,12 @@ def clear_old_run(path: Path) -> None:
     Every removal goes through :mod:`pipeline_core.run.confine`: a symbolic link among them (an
     ``images`` that points at a folder of the user's pictures) is removed as a link, and nothing
     outside ``path`` is ever removed, whatever run.json lists."""
+    from pipeline_core import regular
     from pipeline_core.run import confine
 
     doomed: set[str] = set()
     try:
-        record = json.loads((path / "run.json").read_text(encoding="utf-8")) if _regular(path / "run.json") else None
+        record = json.loads(regular.read_text(path / "run.json"))  # a FIFO is not waited on
     except (OSError, ValueError):
         record = None
     listed = record.get("files") if isinstance(record, dict) else None
@@ -310,13 +310,6 @@ def clear_old_run(path: Path) -> None:
             confine.remove_empty_dir(path, "images")
     except OSError as exc:
         raise OutputError(f"--force cannot remove the old run's files in {path}: {_why(exc)}") from None
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def prepare_run_dir(path: Path, force: bool) -> Path:
@@ -406,9 +399,8 @@ def default_run_dir(name: str, root: Path | None = None) -> Path:
 
 def read_record(run_dir: Path) -> dict[str, Any]:
     """A run folder's run.json as a mapping; RecipeError (one line) if it is not a run record."""
-    from pipeline_core.errors import RecipeError
-
     from pipeline_core import regular
+    from pipeline_core.errors import RecipeError
 
     path = run_dir / "run.json"
     kind = regular.problem(path)
