@@ -621,3 +621,14 @@ def test_layers_with_a_text_file_or_another_models_weights_fails_in_one_line(wha
     assert not proc.stdout.strip()
     good = pipeline("layers", f"mobilenet_v2,weights={mobilenet_path}", "--match", "features.18.0", env=env)
     assert good.returncode == 0 and "features.18.0" in good.stdout, good.stderr
+
+
+def test_only_a_real_run_record_moves_the_default_folder(tmp_path):
+    from pipeline_core.run.confine import outputs_root
+
+    (tmp_path / "run.json").write_text('{"a": "file that happens to be called run.json"}')
+    (tmp_path / "project").mkdir()
+    assert outputs_root(tmp_path / "project") == tmp_path / "project" / "runs"
+    run_dir = tmp_path / "project" / "runs" / "castle"
+    run_recipe_dict(tiny_recipe(iterations=1), run_dir, registry=REGISTRY)
+    assert outputs_root(run_dir / "images") == tmp_path / "project" / "runs"

@@ -17,6 +17,7 @@ through the rules kept here, so that no file anywhere else is ever touched:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path, PurePath
@@ -153,14 +154,24 @@ def list_dir(root: Path, rel: str | PurePath) -> list[str]:
         return []
 
 
+def _is_run_folder(folder: Path) -> bool:
+    """A folder holding a run's record (run.json with a run id and a recipe), not any run.json."""
+    from pipeline_core import regular
+
+    try:
+        data = json.loads(regular.read_text(folder / RUN_RECORD))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("run_id"), str) and isinstance(data.get("recipe"), dict)
+
+
 def enclosing_run(folder: Path) -> Path | None:
-    """The outermost run folder (one holding run.json) that ``folder`` is or lies inside; None if none."""
-    found = None
+    """The nearest run folder that ``folder`` is or lies inside; None if it is in none."""
     path = Path(os.path.abspath(folder))
     for candidate in [path, *path.parents]:
-        if (candidate / RUN_RECORD).is_file():
-            found = candidate
-    return found
+        if (candidate / RUN_RECORD).is_file() and _is_run_folder(candidate):
+            return candidate
+    return None
 
 
 def outputs_root(cwd: Path | None = None) -> Path:
