@@ -632,3 +632,24 @@ def test_only_a_real_run_record_moves_the_default_folder(tmp_path):
     run_dir = tmp_path / "project" / "runs" / "castle"
     run_recipe_dict(tiny_recipe(iterations=1), run_dir, registry=REGISTRY)
     assert outputs_root(run_dir / "images") == tmp_path / "project" / "runs"
+
+
+def test_a_resume_whose_images_folder_became_a_link_is_refused_before_it_runs(monkeypatch, tmp_path, capsys):
+    from test_bad_input import StopAtPlugin, paused_run
+
+    registry = make_registry(StopAtPlugin())
+    monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
+    run_dir = paused_run(tmp_path / "run", registry, at=1)
+    mine = users_pictures(tmp_path / "Pictures")
+    import shutil
+
+    shutil.rmtree(run_dir / "images")
+    (run_dir / "images").symlink_to(tmp_path / "Pictures", target_is_directory=True)
+
+    assert cli.main(["run", "--resume", str(run_dir), "--quiet"]) == 2
+    line = one_line(capsys)
+    assert "would lead out of" in line and "remove the link" in line
+    unchanged(tmp_path / "Pictures", mine)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["iterations_done"] == 2  # nothing ran: the checkpoint stays
+    assert (run_dir / "checkpoint.pt").is_file()

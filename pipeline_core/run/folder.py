@@ -134,8 +134,10 @@ class RunFolder:
         data["checkpoint"] = {"file": "checkpoint.pt", "iteration": self.resume.iteration}
 
     def check_space(self, ctx: RunContext) -> None:
-        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound)."""
+        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound), or
+        when its images would be written through a link out of it (found now, not at the end)."""
         assert ctx.param is not None
+        confine.inside(self.run_dir, "images")
         out, plan = self.recipe.model.output, self.recipe.plan
         pixels = ctx.param.image().numel()
         state = sum(v.numel() for v in ctx.param.state_dict().values())
