@@ -5,7 +5,10 @@ pick the rank's device, agree with the other ranks on the plan and on ``batch: a
 (:mod:`.sweep.shard`), run the rank's batches (:mod:`.sweep.runner`), and say it is finished.
 Rank 0 also draws the overall bar, keeps sweep.json current, and at the end draws the contact
 sheets and reports. Exit codes as ``pipeline run``: 0 every job completed, 1 some batch failed
-(the others ran), 2 an invalid sweep file or option, 130 interrupted (start it again to go on).
+(the others ran) or a finished batch's folder no longer holds its run at the end (removed while
+the sweep went on: reported, never counted completed), 2 an invalid sweep file or option (a
+sweep of more than ``--max-jobs`` jobs too, refused before its jobs are built), 130 interrupted
+(start it again to go on).
 """
 
 from __future__ import annotations
