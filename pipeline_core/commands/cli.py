@@ -11,24 +11,14 @@ import os
 import signal
 import sys
 
-
-def _interrupted_while_starting(signum: int, _frame: object) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    os.write(2, f"interrupted ({name})\n".encode())
-    os._exit(130)
-
+from pipeline_core.commands.early import as_command, catch_startup_signals
 
 # Started as the command (not imported by a test or a script): a Ctrl-C, SIGTERM or SIGHUP
 # while the modules below are still being imported is one line and exit code 130, not a
 # traceback; main() takes over from here.
-_argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-_AS_COMMAND = os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py"))
+_AS_COMMAND = as_command()
 if _AS_COMMAND:
-    for _name, _default in (("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
-                            ("SIGHUP", signal.SIG_DFL)):
-        _signum = getattr(signal, _name, None)
-        if _signum is not None and signal.getsignal(_signum) is _default:
-            signal.signal(_signum, _interrupted_while_starting)
+    catch_startup_signals()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -214,7 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return sweep(args.sweep, _registry(args.quiet), _overrides(args), axis=args.axis, batch=args.batch,
                  out=args.out, force=args.force, quiet=args.quiet, console=err_console,
-                 say=lambda line: err_console.print(_printable(line)))
+                 say=lambda line: err_console.print(_printable(line)), max_jobs=args.max_jobs)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -449,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP.replace("a run", "every run"))
     sw.add_argument("--quiet", action="store_true", help="no progress display")
     sw.add_argument("--force", action="store_true", help="run every batch again, finished ones too")
+    sw.add_argument("--max-jobs", type=_count(1), metavar="N", help="run a sweep of more than 100000 jobs (refused "
+                    "without it: give its number of jobs to confirm)")
     sw.set_defaults(func=cmd_sweep)
 
     rep = command("report", "rebuild the page of a run folder (report.html) or a sweep folder (atlas.html)")

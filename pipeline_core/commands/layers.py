@@ -68,11 +68,13 @@ def folded_batchnorms(weights: Path | None, paths: list[str]) -> list[str]:
 
 def module_from_arg(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
     """(module, its ModelInfo, model name) for a ``NAME[,KEY=VALUE...]`` argument, from the skeleton
-    where the model has one (nothing downloaded); the listing commands share it."""
+    where the model has one (nothing downloaded); the listing commands share it. Weights named in
+    the argument are loaded as a run loads them, so a file that is not this model's weights (a
+    text file, another architecture's) is one clear line, not a listing of something else."""
     from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
 
     model = parse_model_arg(text, base, RUN_KEYS)
-    module, info = build_module(model, registry, skeleton=True)
+    module, info = build_module(model, registry, skeleton=getattr(model, "weights", None) is None)
     return module, info, model.name
 
 

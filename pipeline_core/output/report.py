@@ -65,8 +65,10 @@ def _href(path: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    from pipeline_core import regular
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(regular.read_text(path))  # a FIFO is refused, never waited on
     except (OSError, ValueError):
         return None
 

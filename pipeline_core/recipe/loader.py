@@ -7,6 +7,7 @@ name, and the key, says what was expected, and suggests the closest valid name f
 from __future__ import annotations
 
 import copy
+import os
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from pipeline_core import regular
 from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec, _skeleton_layers, _unknown_layer
 from pipeline_core.recipe.messages import describe, raise_validation
@@ -60,8 +62,10 @@ class Recipe:
     @property
     def name(self) -> str:
         stem = Path(self.source.file).stem
-        # shown by the progress display and used for runs/NAME: never a control character
-        return _printable(Path(self.source.file).parent.name if stem == "run" else stem)
+        # shown by the progress display and used for runs/NAME: never a control character; a
+        # replay (RUN/run.json, also given as plain run.json from inside RUN) is named for its folder
+        folder = Path(os.path.abspath(self.source.file)).parent.name
+        return _printable((folder or "run") if stem == "run" else stem)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain data, paths absolute, overrides applied: replayable as is."""
@@ -207,6 +211,10 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
     weights = None
     if m.weights:
         weights = Path(_paths_at(source, ("model", "weights"), m.weights, key="model.weights"))
+        kind = regular.problem(weights)
+        if kind:  # a FIFO would make the weights' reader wait for ever
+            raise RecipeError(f"the weights {weights} are {kind}, not a regular file; name the weights file itself",
+                              source.where(("model", "weights"), key="model.weights"))
         if not weights.is_file():
             raise RecipeError(
                 f"no weights file at {weights}", source.where(("model", "weights"), key="model.weights")

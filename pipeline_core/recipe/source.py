@@ -7,6 +7,7 @@ recorded too, so an error in one names the command line rather than the file.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,29 @@ RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
+#: an integer of more decimal digits than this is no setting (and Python refuses to print one
+#: past 4300, so a message quoting it would fail)
+MAX_DIGITS = 4000
+
+
+class _TooLong(yaml.MarkedYAMLError):
+    """A number too long to be a setting, with the place it was written."""
+
+
+def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).lstrip("+-").lower()
+    per_digit = {"0x": 1.21, "0b": 0.31, "0o": 0.91}.get(text[:2], 1.0)  # decimal digits per digit
+    if per_digit != 1.0:
+        text = text[2:]
+    digits = math.ceil(sum(ch.isalnum() for ch in text) * per_digit)
+    if digits > MAX_DIGITS:
+        raise _TooLong(None, None, f"a number of {digits} digits: no setting takes a number that long (at most "
+                                   f"{MAX_DIGITS} digits); write the value you mean", node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
 #: A recipe (or run.json) larger than this is not one.
 MAX_RECIPE_BYTES = 16 * 2**20
 
@@ -145,7 +169,9 @@ def _walk(loader: RecipeLoader, root: yaml.Node, file: str) -> dict[PathKey, int
 def _yaml_error(file: str, exc: yaml.YAMLError) -> RecipeError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = " ".join(str(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]).split())
-    if "could not determine a constructor" in str(exc):
+    if isinstance(exc, _TooLong):
+        pass
+    elif "could not determine a constructor" in str(exc):
         tag = str(exc).split("tag '")[-1].split("'")[0] if "tag '" in str(exc) else "?"
         tag = tag.replace("tag:yaml.org,2002:", "!!")
         problem = f"the YAML tag '{tag}' is not allowed: recipes hold plain data only (remove the tag)"

@@ -29,6 +29,7 @@ from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
+from pipeline_core.run import confine
 from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
 from pipeline_core.run.record import RunRecord, check_free_space, new_run_id, save_png, versions
 from pipeline_core.run.faults import step_label
@@ -143,8 +144,10 @@ class RunFolder:
         data["checkpoint"] = {"file": "checkpoint.pt", "iteration": self.resume.iteration}
 
     def check_space(self, ctx: RunContext) -> None:
-        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound)."""
+        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound), or
+        when its images would be written through a link out of it (found now, not at the end)."""
         assert ctx.param is not None
+        confine.inside(self.run_dir, "images")
         out, plan = self.recipe.model.output, self.recipe.plan
         pixels = ctx.param.image().numel()
         state = sum(v.numel() for v in ctx.param.state_dict().values())
@@ -248,7 +251,8 @@ class RunFolder:
         big to score (a run that failed for lack of memory) still leaves its images."""
         assert ctx.param is not None
         final = ctx.param.image().detach().float().clamp(0, 1)
-        images_dir = self.run_dir / "images"
+        # never through a link out of the run folder (confine says why)
+        images_dir = confine.inside(self.run_dir, "images")
         pics = to_uint8(final)
         # photos of other shapes kept whole on one canvas (init-image's fit: whole): each PNG is
         # its own photo's frame, (top, left, height, width) as fractions of the canvas; grid.png
