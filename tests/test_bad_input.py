@@ -254,7 +254,7 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("--out not empty", BASE, ["run", "--out", "{tmp}/photos"], ["is not empty", "--force"]),
     ("resume nothing", None, ["run", "--resume", "{tmp}/no-run"], ["--resume", "no such run folder"]),
     ("resume not a run", None, ["run", "--resume", "{tmp}/photos"], ["the folder has no run.json"]),
-    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --model, --seed"]),
+    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --add-step, --model, --seed"]),
     ("resume a finished run", None, ["run", "--resume", "{tmp}/done"], ["has no checkpoint.pt", "already complete"]),
     ("resume a broken checkpoint", None, ["run", "--resume", "{tmp}/broken-checkpoint"],
      ["checkpoint", "cannot be read", "start the run again"]),
@@ -399,7 +399,7 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("resume a checkpoint whose image state does not fit", None, ["run", "--resume", "{tmp}/rs-param"],
      ["does not fit this run", "start the run again"]),
     ("resume with --model", None, ["run", "--resume", "{tmp}/rs-other-run", "--model", "tiny-test-model"],
-     ["give no recipe, --set, --model"]),
+     ["give no recipe, --set, --add-step, --model"]),
 ]
 
 
