@@ -25,6 +25,14 @@ MOBILENET_SETS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the real weights is marked ``needs_weights`` (``-m "not needs_weights"``
+    leaves them out on a machine without them, instead of a page of skips)."""
+    for item in items:
+        if "mobilenet_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_weights)
+
+
 @pytest.fixture(scope="session")
 def mobilenet_path() -> Path:
     if not MOBILENET.is_file():
