@@ -28,7 +28,7 @@ from PIL import Image
 import pipeline_core.commands.cli as cli
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
-from pipeline_core.testing import make_registry, run_recipe_dict, tiny_recipe
+from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
 #: A valid recipe on the tiny model; the cases below change one thing in it. Line numbers:
 BASE = """\
@@ -435,9 +435,7 @@ def paused_run(run_dir: Path, registry, at: int = 1, **changes: Any) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry(StopAtPlugin())
+pytestmark = pytest.mark.plugins(StopAtPlugin())
 
 
 def _variant(folder: Path, source: str, name: str, record: Callable[[Any], Any] | None = None,

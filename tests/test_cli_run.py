@@ -129,12 +129,10 @@ def test_run_with_model_in_one_option_from_the_shells_folder(cli, mobilenet_path
     assert record["images"][0]["targets"][0]["name"] == "castle"
 
 
-def test_model_option_is_the_same_recipe_as_the_set_lines(mobilenet_path, monkeypatch):
+def test_model_option_is_the_same_recipe_as_the_set_lines(mobilenet_path, monkeypatch, registry):
     from pipeline_core.commands.evaluate import model_overrides
     from pipeline_core.recipe.loader import load_recipe
-    from pipeline_core.testing import make_registry
 
-    registry = make_registry()
     monkeypatch.chdir(ROOT)
     recipe = RECIPES / "castle_from_flowers.yaml"
     weights = os.path.relpath(mobilenet_path, ROOT)
@@ -202,14 +200,13 @@ def test_help_shows_no_rest_markup(cli):
     assert proc.returncode == 0 and "--model" in proc.stdout and not REST.search(proc.stdout)
 
 
-def test_bench_takes_model_too(tmp_path, monkeypatch, capsys):
+def test_bench_takes_model_too(tmp_path, monkeypatch, capsys, registry):
     """--model replaces a model that would need a download (no weights here) by the tiny one."""
     import yaml
 
     import pipeline_core.commands.cli as cli
-    from pipeline_core.testing import make_registry, tiny_recipe
+    from pipeline_core.testing import tiny_recipe
 
-    registry = make_registry()
     monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(model={"name": "inception_v3", "mean": [0.1, 0.2, 0.3]})))

@@ -8,11 +8,10 @@ import sys
 from pipeline_core.commands.listings import describe_steps, type_name
 from pipeline_core.objectives import Targets
 from pipeline_core.step import StepKind
-from pipeline_core.testing import make_registry
 
 
-def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them():
-    text = describe_steps(make_registry())
+def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them(registry):
+    text = describe_steps(registry)
     headings = [line.split(" steps")[0] for line in text.splitlines() if line.endswith("─") and " steps " in line]
     assert headings == [k.value for k in StepKind]  # init, param, transform, objective, update
     # each step under its own kind's heading
@@ -20,8 +19,8 @@ def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them():
     assert text.index("objective steps") < text.index("L1-loss  [objective]") < text.index("update steps")
 
 
-def test_types_read_as_words_and_nothing_overflows_the_width():
-    text = describe_steps(make_registry(), width=80)
+def test_types_read_as_words_and_nothing_overflows_the_width(registry):
+    text = describe_steps(registry, width=80)
     for internal in ("Annotated", "strict", "NoneType", "Union", "Literal"):
         assert internal not in text
     assert all(len(line) <= 80 for line in text.splitlines())
@@ -30,8 +29,8 @@ def test_types_read_as_words_and_nothing_overflows_the_width():
     assert text.count("Active one iteration in N") == 0 and "from, until and every" in text
 
 
-def test_one_step_in_full_shows_its_schedule_keys():
-    text = describe_steps(make_registry(), "L1-loss")
+def test_one_step_in_full_shows_its_schedule_keys(registry):
+    text = describe_steps(registry, "L1-loss")
     assert "Active one iteration in N" in text and text.startswith("L1-loss  [objective]")
 
 

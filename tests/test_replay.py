@@ -14,14 +14,9 @@ import yaml
 from pipeline_core.run.engine import Run
 from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import load_recipe
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 from test_interrupt import finish, plugin_env, record, reference_run, start  # noqa: F401
 from test_resume import STEP_EXAMPLES, _recipe, one_thread, pngs  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry()
 
 
 def run_file(path: Path, run_dir: Path, registry, overrides: tuple[str, ...] = ()):

@@ -26,7 +26,7 @@ from pipeline_core.hookspecs import hookimpl
 from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.step import Step, StepKind, TransformParams
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 from test_interrupt import finish, plugin_env, read_frames, record, reference_run, sigint_run, start  # noqa: F401
 
 PHOTO = Path(__file__).resolve().parents[1] / "recipes" / "images" / "flower.jpg"
@@ -87,9 +87,7 @@ class SelfSignalPlugin:
         registry.add_step(SelfSignal)
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry(SelfSignalPlugin())
+pytestmark = pytest.mark.plugins(SelfSignalPlugin())
 
 
 @pytest.fixture(autouse=True)
