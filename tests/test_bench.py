@@ -106,6 +106,7 @@ def test_memory_watch_sees_a_peak_inside_the_block_only():
 # -- the command line and the benchmark script, on the real MobileNetV2 ----------------------------------
 
 
+@pytest.mark.slow
 def test_pipeline_bench_command_prints_the_figures_and_writes_json(cli, mobilenet_path, tmp_path):
     out = tmp_path / "bench.json"
     proc = cli("bench", str(BENCH_RECIPE), "--set", f"model.weights={mobilenet_path}", "--iterations", "2",
@@ -127,6 +128,7 @@ def test_pipeline_bench_rejects_a_bad_count_in_one_line(cli, tmp_path):
     assert "--iterations" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_script_hand_written_loop_matches_the_engine(mobilenet_path, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

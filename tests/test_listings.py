@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline_core.commands.listings import describe_steps, type_name
 from pipeline_core.objectives import Targets
 from pipeline_core.step import StepKind
@@ -40,6 +42,7 @@ def test_type_names():
     assert type_name(tuple[float, float]) == "pair of number"
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_listing():
     done = subprocess.run([sys.executable, "-m", "pipeline_core", "steps"], capture_output=True, text=True,
                           timeout=120, env={"PIPELINE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
@@ -47,6 +50,7 @@ def test_the_cli_prints_the_listing():
     assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.view_transforms" in done.stdout
 
 
+@pytest.mark.slow
 def test_classes_lists_the_names_a_target_can_name_from_the_real_metadata_offline(cli, mobilenet_path, tmp_path):
     from pipeline_core.commands.classes import render
 

@@ -368,6 +368,7 @@ def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
     assert "missing-folder" in str(info.value) and "No such file" in str(info.value)  # the file, and ffmpeg's words
 
 
+@pytest.mark.slow
 def test_a_run_with_a_big_batch_makes_video_frames_within_the_budget(tmp_path):
     import imageio_ffmpeg
     from PIL import Image

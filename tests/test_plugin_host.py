@@ -337,6 +337,7 @@ def test_get_plugin_manager_never_raises_for_a_broken_plugin(on_path):
 # -- the real command line ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_lists_plugins_and_runs_a_recipe_beside_broken_plugins(site, tmp_path):
     env = cli_env(site)
     listing = run_cli("plugins", env=env)

@@ -297,6 +297,7 @@ def _example_installed() -> None:
         pytest.skip(f"the example package's dependencies are missing ({exc}); reinstall it with pip")
 
 
+@pytest.mark.slow
 def test_installed_example_package_is_listed_by_the_cli():
     _example_installed()
     version = md.version("pipeline-efficientnet")
@@ -312,6 +313,7 @@ def test_installed_example_package_is_listed_by_the_cli():
     assert "    weight " in steps.stdout.split("total-variation  [objective]")[1]
 
 
+@pytest.mark.slow
 def test_installed_example_package_runs_a_recipe(tmp_path):
     """castle_from_flowers with --set model.name=efficientnet-lite0, plus the plugin's step and writer."""
     _example_installed()
@@ -333,6 +335,7 @@ def test_installed_example_package_runs_a_recipe(tmp_path):
     assert "run.gif" in record["files"] and (out / "run.gif").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_example_packages_own_tests_pass():
     """CI runs tests/ only; this runs the example package's suite as its author would."""
     _example_installed()

@@ -353,6 +353,7 @@ def test_a_tiny_run_stopped_and_resumed_ends_with_the_same_bytes(tmp_path, regis
         assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")
 
 
+@pytest.mark.slow
 def test_the_real_command_runs_phase_image_and_crops_on_mobilenet(mobilenet_path, cli, tmp_path):
     recipe = tmp_path / "maco.yaml"
     recipe.write_text(

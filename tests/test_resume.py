@@ -35,6 +35,7 @@ PHOTO = Path(__file__).resolve().parents[1] / "recipes" / "images" / "flower.jpg
 # -- the real command -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_is_byte_identical_to_an_uninterrupted_run(sigint_run, reference_run, plugin_env,
                                                                        tmp_path):
     interrupted, rc, err = sigint_run
@@ -200,6 +201,7 @@ def test_every_builtin_step_has_an_example_here(registry):
     assert not missing, f"add an example of {sorted(missing)} to STEP_EXAMPLES so resume and replay cover it"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STEP_EXAMPLES))
 def test_resume_is_byte_identical_around_every_builtin_step(name, registry, tmp_path):
     # the same steps in both runs (each step's generator is seeded by its position)
@@ -219,6 +221,7 @@ def test_resume_is_byte_identical_around_every_builtin_step(name, registry, tmp_
     assert facts[0] == facts[1]
 
 
+@pytest.mark.slow
 def test_resume_twice_with_a_sparse_video_keeps_bytes_and_frame_count(registry, tmp_path):
     recipe = _recipe(STEP_EXAMPLES["color-jitter"], iterations=14, output={"video": True, "frame_every": 3})
     recipe["steps"].insert(2, STEP_EXAMPLES["rotate"])

@@ -74,6 +74,7 @@ def test_the_schema_rejects_bad_recipes(data, where, validator):
     assert any(e.split(":")[0] == where for e in errors), errors
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_schema_with_installed_plugin_steps(tmp_path):
     out = tmp_path / "recipe.schema.json"
     result = run_cli("schema", "--out", str(out))

@@ -136,6 +136,7 @@ def test_skip_gradient_contract_on_named_layers(tmp_path):
     assert result.record["step_facts"] == {"step 1 (skip-gradient)": {"branches": 1}}
 
 
+@pytest.mark.slow
 def test_best_class_recipe_runs_it_on_the_real_mobilenet(cli, mobilenet_path, tmp_path):
     """The recipe's own skip-gradient entry on the real model finds its ten residual blocks.
 
