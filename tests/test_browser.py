@@ -90,7 +90,7 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory) -> Iterator[Page]:
+def browser() -> Iterator[Page]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
