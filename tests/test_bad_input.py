@@ -596,6 +596,7 @@ def test_grayscale_rgba_palette_and_16_bit_photos_work(in_process, capsys, tmp_p
     assert gray.std() > 20 and deep.std() > 20
 
 
+@pytest.mark.slow
 def test_a_recipe_tag_never_runs_anything_through_the_real_command(cli, tmp_path):
     marker = tmp_path / "hacked"
     recipe = tmp_path / "evil.yaml"
@@ -607,6 +608,7 @@ def test_a_recipe_tag_never_runs_anything_through_the_real_command(cli, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_unknown_step_through_the_real_command(cli, tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe()).replace("gradient-step", "gradient-stpe"), encoding="utf-8")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ def test_the_recipe_block_is_the_castle_recipe():
     assert _recipe_block() == yaml.safe_load((ROOT / "recipes" / "castle_from_flowers.yaml").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_the_set_examples_validate_against_the_castle_recipe():
     examples = ["iterations=200", "steps.7.hold=2", "steps.6.target=volcano"]
     for example in examples:
