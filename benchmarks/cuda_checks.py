@@ -54,7 +54,7 @@ def batch_sets(batch: int) -> list[str]:
     """The recipe's 20 classes fill batches that are a multiple of 20; smaller ones get the first few."""
     sets = ["--set", f"batch={batch}"]
     if batch % 20:
-        sets += ["--set", "steps.7.target=[goldfish, castle, lion, pizza]"]
+        sets += ["--set", "L1-loss.target=[goldfish, castle, lion, pizza]"]
         if batch % 4:
             raise SystemExit(f"--batch {batch}: use a multiple of 4 or of 20")
     return sets

@@ -40,7 +40,7 @@ benchmarks/README.md for setting it up. Needs, besides the product: scikit-image
     python benchmarks/quality.py --split tuning --classes 5       # a quick look on tuning classes
     python benchmarks/quality.py --peer lucent                    # the same held-out classes with Lucent
     python benchmarks/quality.py --task photos                    # held-out transfigurations
-    python benchmarks/quality.py --set steps.7.lr=0.03 --json benchmarks/results/quality_try.json
+    python benchmarks/quality.py --set steps.10.lr=0.03 --json benchmarks/results/quality_try.json
 
 Runs go to runs/quality/NAME/ (``--runs``); the summary to benchmarks/results/quality_NAME.json.
 """
@@ -169,6 +169,29 @@ HELD_OUT_PAIRS = [
     ("../shared/images/sunflower.png", 653, "milk can"),
 ]
 
+# HELD-OUT "any photo" pairs (``--split held-out-any``): NEVER use these for tuning. Thirteen photos
+# no recipe was tuned on, of people, vehicles, food, scenes, textures and animals: the shared photos
+# that are not the recipes' own, and scikit-image's sample photographs (public domain or CC0, see
+# each loader's docstring; grey ones made RGB), in sorted order, each paired with a class drawn
+# once by random.Random(2031).sample(pool, 13), the pool being the 1000 classes less every class
+# named above and Siberian husky (250). A photo named ``skimage:NAME`` is written to
+# runs/quality/photos/NAME.png at first use.
+HELD_OUT_ANY_PAIRS = [
+    ("skimage:astronaut", 766, "rotisserie"),
+    ("../shared/images/bird.png", 209, "Chesapeake Bay retriever"),
+    ("skimage:brick", 380, "titi"),
+    ("skimage:chelsea", 421, "bannister"),
+    ("../shared/images/china.jpg", 897, "washer"),
+    ("skimage:coffee", 315, "mantis"),
+    ("../shared/images/dragonfly.png", 910, "wooden spoon"),
+    ("../shared/images/grace_hopper.png", 533, "dishrag"),
+    ("skimage:gravel", 512, "corkscrew"),
+    ("../shared/images/hot_dog.jpg", 673, "mouse"),
+    ("skimage:hubble_deep_field", 226, "briard"),
+    ("../shared/images/parrot.jpg", 255, "Leonberg"),
+    ("skimage:rocket", 557, "flagpole"),
+]
+
 DEFAULT_RECIPES = {"noise": "recipes/best_class.yaml", "photos": "recipes/castle_from_flowers.yaml"}
 
 
@@ -233,6 +256,20 @@ def square(pixels: np.ndarray, side: int) -> np.ndarray:
     scale = side / min(h, w)
     t = TF.resize(t, [max(side, round(h * scale)), max(side, round(w * scale))], antialias=True)
     t = TF.center_crop(t, [side, side]).clamp(0, 1)
+    return t.permute(1, 2, 0).double().numpy()
+
+
+def as_start(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The photo as the run started from it, at the final image's shape: the whole frame resized
+    when the aspect ratios agree (init-image keeping the photo's frame), else the centre square."""
+    h, w = shape
+    if abs(pixels.shape[1] / pixels.shape[0] - w / h) > 0.02 * w / h:
+        return square(pixels, h) if h == w else square(pixels, min(h, w))
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    t = torch.from_numpy(pixels).permute(2, 0, 1).float()
+    t = TF.resize(t, [h, w], antialias=True).clamp(0, 1)
     return t.permute(1, 2, 0).double().numpy()
 
 
@@ -325,8 +362,24 @@ def aggregate(evaluations: list[dict[str, Any]], generator_label: str = GENERATO
 
 
 def resolve(path: str) -> Path:
+    if path.startswith("skimage:"):
+        return skimage_photo(path.partition(":")[2])
     p = Path(path)
     return p if p.is_absolute() else (ROOT / p).resolve()
+
+
+def skimage_photo(name: str) -> Path:
+    """One of scikit-image's sample photographs as an RGB PNG under runs/quality/photos/."""
+    out = ROOT / "runs" / "quality" / "photos" / f"{name}.png"
+    if not out.is_file():
+        import skimage.data
+
+        pixels = getattr(skimage.data, name)()
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=-1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[..., :3]).save(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,9 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", choices=("noise", "photos"), default="noise")
     ap.add_argument("--recipe", help="recipe to measure (default: best_class.yaml for noise, "
                                      "castle_from_flowers.yaml for photos)")
-    ap.add_argument("--split", choices=("tuning", "tuning-wide", "tuning-wide2", "held-out"), default="held-out",
+    ap.add_argument("--split", choices=("tuning", "tuning-wide", "tuning-wide2", "held-out", "held-out-any"),
+                    default="held-out",
                     help="tuning-wide: TUNING_WIDE_CLASSES or, for photos, TUNING_WIDE_PAIRS; tuning-wide2: "
-                         "noise only")
+                         "noise only; held-out-any: photos only, HELD_OUT_ANY_PAIRS")
     ap.add_argument("--starts", type=int, help=f"seeds per class or pair (default {DEFAULT_STARTS})")
     ap.add_argument("--seed", type=int, default=0, help="first seed; start k uses seed + k")
     ap.add_argument("--iterations", type=int, help="iterations (budget per image; default: the recipe's)")
@@ -369,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.peer and args.task != "noise":
         ap.error("--peer makes class images from noise only (--task noise)")
+    if args.task == "noise" and args.split == "held-out-any":
+        ap.error("--split held-out-any is a set of photo/class pairs for --task photos")
     if args.task == "photos" and args.split == "tuning-wide2":
         ap.error("--split tuning-wide2 is a set of classes for --task noise; photos have tuning, tuning-wide "
                  "and held-out")
@@ -381,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                  "tuning-wide2": TUNING_WIDE2_CLASSES}.get(args.split, HELD_OUT_CLASSES)
         default_n = len(items) if args.split != "held-out" else HELD_OUT_DEFAULT_CLASSES
     else:
-        items = {"tuning": TUNING_PAIRS, "tuning-wide": TUNING_WIDE_PAIRS}.get(args.split, HELD_OUT_PAIRS)
+        items = {"tuning": TUNING_PAIRS, "tuning-wide": TUNING_WIDE_PAIRS,
+                 "held-out-any": HELD_OUT_ANY_PAIRS}.get(args.split, HELD_OUT_PAIRS)
         default_n = len(items)
     if not 0 <= args.skip < len(items):
         ap.error(f"--skip must be 0..{len(items) - 1} for this split")
@@ -503,10 +560,9 @@ def photo_measures(items, run_info, runs: Path, cmd, env, judges) -> tuple[dict[
         record = json.loads((Path(r["run"]) / "run.json").read_text(encoding="utf-8"))
         for img, item in zip(record["images"], items):
             final = rgb(Path(r["run"]) / "images" / img["file"])
-            side = final.shape[0]
-            key = (item[0], side)
+            key = (item[0], final.shape[:2])
             if key not in starts_cache:
-                starts_cache[key] = square(rgb(resolve(item[0])), side)
+                starts_cache[key] = as_start(rgb(resolve(item[0])), final.shape[:2])
             value = ssim(final, starts_cache[key])
             per_image.append({"photo": Path(item[0]).name, "target": item[2], "seed": r["seed"],
                               "ssim": round(value, 4)})

@@ -7,11 +7,17 @@ kit). The sub-packages are the host's own rooms, private to it: ``recipe`` (read
 validating recipes), ``run`` (the engine), ``output`` (frames and video), ``host`` (loading
 plugins), ``commands`` (the command line) and ``sweep`` (one recipe over many settings,
 shared among torchrun's processes).
+
+For notebooks and scripts, the Python API (:mod:`pipeline_core.api`) is here too: ``run``,
+``visualize``, ``layers``, ``classes``, ``Model`` and ``RunOutput`` (docs/python.md).
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["API_VERSION", "hookimpl", "__version__"]
+__all__ = ["API_VERSION", "hookimpl", "__version__", "Model", "RunOutput", "run", "visualize", "layers", "classes"]
+
+#: the Python API (:mod:`pipeline_core.api`), at the package's face
+_API = ("Model", "RunOutput", "visualize", "layers", "classes")
 
 
 def __getattr__(name: str) -> object:
@@ -21,4 +27,14 @@ def __getattr__(name: str) -> object:
         from pipeline_core import hookspecs
 
         return getattr(hookspecs, name)
+    if name in _API:
+        from pipeline_core import api
+
+        return getattr(api, name)
+    if name == "run":
+        # pipeline_core.run is also the engine's sub-package; that module is callable and calls
+        # api.run, so pipeline_core.run(recipe, model=...) works whichever was imported first
+        import importlib
+
+        return importlib.import_module("pipeline_core.run")
     raise AttributeError(f"module 'pipeline_core' has no attribute {name!r}")

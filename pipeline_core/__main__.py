@@ -3,6 +3,11 @@ than a script (``torchrun -m pipeline_core sweep FILE``)."""
 
 import sys
 
-from pipeline_core.commands.cli import main
+# first: a stop while the command is still importing is one line, not a traceback
+from pipeline_core.commands.early import catch_startup_signals
+
+catch_startup_signals()
+
+from pipeline_core.commands.cli import main  # noqa: E402
 
 sys.exit(main())

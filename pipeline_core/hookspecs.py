@@ -39,6 +39,9 @@ weights, so validation checks layer paths offline), an optional ``head_key`` met
 ``ModelOutput.per_view`` (every view's outputs, for statistics an average over views would
 change) and ``ModelAdapter.add_layers`` (hook layers found in the built model, from ``setup``).
 1.4 added ``Step.ramp`` (a parameter given as one number or ``[start, end]``, at an iteration).
+1.5 added the Python API (:mod:`pipeline_core.api`, also at the package's face: ``run``,
+``visualize``, ``layers``, ``classes``, ``Model``, ``RunOutput``) and ``Registry.add_model_family``
+(models by a prefix, such as ``timm:NAME``, made when a recipe names one).
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -57,12 +60,14 @@ if TYPE_CHECKING:
 
 PROJECT = "pipeline_core"
 ENTRY_POINT_GROUP = "pipeline_core.plugins"
-API_VERSION = "1.4"
+API_VERSION = "1.5"
 
 #: What a plugin may import, by module: the promise above, as data (a test imports every name
 #: from its module and checks that no module offers more).
 PUBLIC_API: dict[str, tuple[str, ...]] = {
-    "pipeline_core": ("API_VERSION", "hookimpl", "__version__"),
+    "pipeline_core": ("API_VERSION", "hookimpl", "__version__", "Model", "RunOutput", "run", "visualize", "layers",
+                      "classes"),
+    "pipeline_core.api": ("Model", "RunOutput", "run", "visualize", "layers", "classes"),
     "pipeline_core.hookspecs": ("PROJECT", "ENTRY_POINT_GROUP", "API_VERSION", "PUBLIC_API", "hookspec", "hookimpl",
                                 "register_steps", "register_models", "register_outputs"),
     "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),

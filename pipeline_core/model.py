@@ -14,6 +14,7 @@ than the iteration that made them.
 from __future__ import annotations
 
 import difflib
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,7 +73,8 @@ def _unknown_layer(model: str, path: str, names: Sequence[str]) -> str:
         stem = path.rsplit(".", 1)[0]
         near = [n for n in names if n.startswith(stem)][:3]
     hint = f"; nearest: {', '.join(near)}" if near else ""
-    return f"model '{model}' has no layer '{path}'{hint} (all of them: pipeline layers {model})"
+    listing = "pipeline_core.layers(model)" if model.startswith("python:") else f"pipeline layers {model}"
+    return f"model '{model}' has no layer '{path}'{hint} (all of them: {listing})"
 
 @dataclass(frozen=True)
 class HeadDef:
@@ -299,6 +301,28 @@ class ModelAdapter:
                                  "name one of its sub-modules instead (see 'pipeline layers')")
         return feats
 
+    def _token_grid(self, feats: torch.Tensor) -> torch.Tensor:
+        """A transformer layer's tokens ``(B, N, D)`` as a feature map ``(B, D, H, W)``.
+
+        The embedding dimensions are the channels and the patch grid the positions, so channel,
+        neuron and layer objectives read a vision transformer as they read a CNN. The class and
+        other prefix tokens (``num_prefix_tokens`` of timm's models; otherwise what is left over
+        from a square grid) are dropped: they have no place in the image. A 3-D output that is
+        not a grid of tokens is returned unchanged."""
+        if feats.dim() != 3:
+            return feats
+        b, n, d = feats.shape
+        prefix = getattr(self.module, "num_prefix_tokens", None)
+        grid = getattr(getattr(self.module, "patch_embed", None), "grid_size", None)
+        if isinstance(prefix, int) and grid is not None and prefix + grid[0] * grid[1] == n:
+            h, w = int(grid[0]), int(grid[1])
+        else:
+            prefix = next((p for p in range(0, 9) if n - p > 0 and math.isqrt(n - p) ** 2 == n - p), None)
+            if prefix is None:
+                return feats
+            h = w = math.isqrt(n - prefix)
+        return feats[:, prefix:, :].transpose(1, 2).reshape(b, d, h, w)
+
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per hooked layer, the shape of one image's activations (C, H, W) at the model's input size.
 
@@ -359,7 +383,7 @@ class ModelAdapter:
                 heads = {}
                 for name, (key, head) in self._heads.items():
                     feats = self._feature(key)
-                    heads[name] = head(feats) if head is not None else feats
+                    heads[name] = head(feats) if head is not None else self._token_grid(feats)
         finally:
             self._captured.clear()  # nothing a hook kept outlives the forward pass
         if isinstance(logits, tuple):  # a model in an unexpected mode returning (logits, aux)

@@ -11,7 +11,7 @@ at once, so the author sees the mistake where it was made.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
 
@@ -72,6 +72,8 @@ class Registry:
         self.steps: dict[str, Entry] = {}
         self.models: dict[str, Entry] = {}
         self.writers: dict[str, Entry] = {}
+        #: prefix -> Entry whose obj makes the ModelDef of "prefix:NAME" (API 1.5)
+        self.families: dict[str, Entry] = {}
         self.plugins: dict[str, PluginInfo] = {}
         #: one line per problem, in the order found; the CLI prints them as warnings
         self.problems: list[str] = []
@@ -169,6 +171,23 @@ class Registry:
             raise PluginError(f"model '{model.name}': 'build' must be callable (it builds the nn.Module on demand)")
         self._add("model", model.name, model)
 
+    def add_model_family(self, prefix: str, make: Callable[[str], "ModelDef"]) -> None:
+        """Register every model named ``prefix:NAME`` at once (API 1.5): ``make(NAME)`` returns its
+        :class:`~pipeline_core.model.ModelDef` when a recipe first names it (``timm:convnext_tiny``).
+        ``make`` raises KeyError with a one-line message for a name the family does not have."""
+        if not isinstance(prefix, str) or not prefix.isidentifier():
+            raise PluginError(f"a model family's prefix must be a plain word, got {prefix!r}")
+        if not callable(make):
+            raise PluginError(f"model family '{prefix}': 'make' must be callable (it makes a ModelDef by name)")
+        current = self._info(self._current)
+        if prefix in self.families:
+            first = self._info(self.families[prefix].plugin)
+            self._problem(current.name, f"plugin {current.label}: model family '{prefix}:' was not registered "
+                                        f"because plugin {first.label} already registers it")
+            return
+        self.families[prefix] = Entry(prefix, make, current.name)
+        current.registers.append(f"model {prefix}:NAME")
+
     def add_output(self, writer_cls: "type[Writer]") -> None:
         """Register an output writer (see :mod:`pipeline_core.writers`)."""
         from pipeline_core.writers import Writer
@@ -204,7 +223,13 @@ class Registry:
         return self._lookup("step", "step", name)
 
     def model(self, name: str) -> "ModelDef":
-        """The model registered as ``name``; KeyError with a spelling hint otherwise."""
+        """The model registered as ``name`` (or made by its family, ``prefix:NAME``); KeyError with
+        a spelling hint otherwise."""
+        prefix, sep, rest = name.partition(":")
+        family = self.families.get(prefix) if sep and name not in self.models else None
+        if family is not None:
+            made = family.obj(rest)  # KeyError carries the family's own one-line message
+            self.models[name] = Entry(name, made, family.plugin)
         return self._lookup("model", "model", name)
 
     def writer(self, name: str) -> "type[Writer]":

@@ -21,6 +21,7 @@ from . import (
     skip_gradient,
     spectrum_jitter,
     target_blend,
+    timm_models,
     tone,
     torchvision_models,
     updates,
@@ -54,4 +55,5 @@ BUILTIN_PLUGINS = [
     fourier_image,
     phase_image,
     torchvision_models,
+    timm_models,
 ]

@@ -19,19 +19,37 @@ does: a channel may be high in one image if it is low in another, as in a batch 
 many classes; the images then affect one another (the penalty is shared among them equally).
 ``over: image`` takes them over each image's own views and positions: independent images,
 each held to the average photo.
+
+``source: photos`` takes the statistics from photographs instead of the stored ones (the ten
+ordinary photos shipped in this package's ``photos/`` folder, or those ``photos:`` names; naming
+photos implies the source): each photo is
+resized to the model's input size and cut into ten views (four corners, the centre and their
+mirror images, torchvision's ``ten_crop``), and the mean and variance of every channel of the
+chosen layers over all of them become the target. That gives the prior to models whose batch
+norms keep no statistics (folded into the convolutions, as in the shared MobileNetV2) or that
+have none, and to any layer (``layers:``); no class labels are needed, only ordinary photos of
+varied things. A handful of photos estimates the early layers' statistics (colour, contrast,
+edges) well and the late, class-specific ones poorly, so ``layers`` can leave those out.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+import torchvision.transforms.v2.functional as TF
+from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
+
+from .init_image import expand_images, load_photo
+
+#: ten ordinary photographs (see its ATTRIBUTION.md) whose statistics ``source: photos`` matches by default
+BUILTIN_PHOTOS = Path(__file__).resolve().parent / "photos"
 
 
 class BNStatisticsParams(StepParams):
@@ -42,8 +60,29 @@ class BNStatisticsParams(StepParams):
                              "images share the penalty); image: over each image's own views and positions.")
     first: float = Field(1.0, ge=0, description="Multiplies the first batch-norm layer's term: the one nearest "
                                                 "the pixels, which decides colour and contrast.")
-    layers: list[str] | None = Field(None, description="Paths of the batch-norm layers to read (default: all of "
-                                                       "them, 'pipeline layers MODEL --match bn' lists them).")
+    layers: list[str] | None = Field(None, description="Paths of the layers to read (default: all batch-norm layers, "
+                                                       "'pipeline layers MODEL --match bn' lists them); with photos any "
+                                                       "layer.")
+    source: Literal["stored", "photos"] = Field(
+        "stored", description="stored: the batch-norm layers' running statistics; photos: the channels' statistics "
+                              "over photographs (the ten shipped with the package, or 'photos'), for models with "
+                              "folded or no batch norms, on any layer.")
+    photos: str | list[str] | None = Field(
+        None, description="Photos (paths or globs, relative to the recipe file) for source: photos (giving them "
+                          "implies it); default: the ten ordinary photos shipped with the package.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _photos_imply_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("photos") is not None and "source" not in data:
+            data = {**data, "source": "photos"}
+        return data
+
+    @model_validator(mode="after")
+    def _photos_need_their_source(self) -> "BNStatisticsParams":
+        if self.photos is not None and self.source == "stored":
+            raise ValueError("'photos' are read only with source: photos; remove 'source: stored' or the photos")
+        return self
 
 
 def batchnorm_layers(module: nn.Module) -> list[str]:
@@ -66,6 +105,7 @@ class BNStatistics(Step):
     name = "bn-statistics"
     kind = StepKind.OBJECTIVE
     Params = BNStatisticsParams
+    paths = ("photos",)
 
     def bind(self, plan) -> None:
         self.batch = plan.batch
@@ -76,28 +116,70 @@ class BNStatistics(Step):
         paths = list(self.params.layers) if self.params.layers is not None else found
         where = Location(step_index=self.index, step_name=self.name, key="layers")
         if not paths:
-            raise RecipeError("the model has no batch-norm layer with running statistics, so there is nothing to "
-                              "match; remove this step (or use a model with BatchNorm2d layers)", where)
-        bad = [p for p in paths if p not in found]
-        if bad:
-            raise RecipeError(f"'{bad[0]}' is not a batch-norm layer of the model; "
-                              f"the model has {len(found)} ({', '.join(found[:3])}, ...)", where)
-        if all(_folded(module.get_submodule(p)) for p in paths):
-            raise RecipeError("the model's batch-norm layers are folded into its convolutions (weight 1, mean 0, "
-                              "variance 1): they keep no statistics of photographs to match; remove this step, or "
-                              "use weights with real batch-norm statistics (torchvision's)", where)
+            fix = "name the layers to read in 'layers'" if self.params.source == "photos" else "use a model with " \
+                "BatchNorm2d layers, or give 'source: photos' and 'layers' to match statistics of photographs"
+            raise RecipeError(f"the model has no batch-norm layer with running statistics; {fix}", where)
+        if self.params.source == "stored":
+            bad = [p for p in paths if p not in found]
+            if bad:
+                raise RecipeError(f"'{bad[0]}' is not a batch-norm layer of the model; "
+                                  f"the model has {len(found)} ({', '.join(found[:3])}, ...)", where)
+            if all(_folded(module.get_submodule(p)) for p in paths):
+                raise RecipeError("the model's batch-norm layers are folded into its convolutions (weight 1, mean 0, "
+                                  "variance 1): they keep no statistics of photographs to match; give 'source: photos' "
+                                  "to take them from photographs, or use weights with real batch-norm statistics "
+                                  "(torchvision's)", where)
         ctx.model.add_layers(paths)
         self.paths = paths
-        self.targets_ = []
-        for p in paths:
-            bn = module.get_submodule(p)
-            gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(bn.running_var)
-            beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(bn.running_mean)
-            var = bn.running_var.detach().float()
-            self.targets_.append((beta.to(ctx.device), (gamma.square() * var / (var + bn.eps)).to(ctx.device)))
+        if self.params.source == "photos":
+            self.targets_ = self._photo_statistics(ctx, paths)
+        else:
+            self.targets_ = [self._stored(module.get_submodule(p), ctx.device) for p in paths]
         scale = torch.ones(len(paths), device=ctx.device)
         scale[0] = self.params.first
         self.scale = scale / len(paths)
+
+    @staticmethod
+    def _stored(bn: nn.BatchNorm2d, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch-norm layer's output mean and variance for a photo-like input."""
+        gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(bn.running_var)
+        beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+        var = bn.running_var.detach().float()
+        return beta.to(device), (gamma.square() * var / (var + bn.eps)).to(device)
+
+    def _photo_statistics(self, ctx, paths: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the channels' mean and variance over ten views of every photo (float64 sums)."""
+        photos = self.params.photos
+        if photos is None:
+            photos = [str(BUILTIN_PHOTOS / "*.png"), str(BUILTIN_PHOTOS / "*.jpg")]
+        files = expand_images([photos] if isinstance(photos, str) else photos)
+        if not files:
+            raise RecipeError(f"no photo matches {photos!r}", Location(step_index=self.index, step_name=self.name,
+                                                                      key="photos"))
+        side = ctx.model.size or 224
+        total: dict[str, torch.Tensor] = {}
+        squares: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
+        for file in files:
+            try:
+                photo = load_photo(file)
+            except RecipeError as exc:
+                raise RecipeError(exc.message, Location(step_index=self.index, step_name=self.name,
+                                                        key="photos")) from None
+            photo = TF.resize(photo, [round(side * 1.25)], antialias=True)
+            views = torch.stack(TF.ten_crop(photo, [side, side])).to(ctx.device)
+            with torch.no_grad():
+                out = ctx.model(views)
+            for p in paths:
+                act = out.layer(p).double().transpose(0, 1).flatten(1)  # (C, views * positions)
+                total[p] = total.get(p, 0) + act.sum(1)
+                squares[p] = squares.get(p, 0) + act.square().sum(1)
+                count[p] = count.get(p, 0) + act.shape[1]
+        targets = []
+        for p in paths:
+            mean = total[p] / count[p]
+            targets.append((mean.float(), (squares[p] / count[p] - mean.square()).clamp_min(0).float()))
+        return targets
 
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         views = out.per_view()

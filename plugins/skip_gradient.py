@@ -21,7 +21,9 @@ them all rather than exploit one model's exact weights. The draws come from the 
 generator, so runs replay and resume exactly.
 
 Blocks are found by their structure: torchvision's MobileNetV2/V3 and EfficientNet blocks
-(``use_res_connect``) and ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm);
+(``use_res_connect``), ResNet blocks (``BasicBlock``/``Bottleneck``, their last batch norm; timm's
+too), timm's vision-transformer blocks (the attention and MLP branches, at ``ls1``/``ls2``) and
+timm's ConvNeXt blocks (at ``drop_path``);
 ``layers`` names the branch modules of any other model. InceptionV3 and GoogLeNet have no skip
 connections, and the step refuses them with a one-line reason, or with ``required: false``
 leaves their gradient alone and says so in run.json (``step_facts``).
@@ -66,6 +68,10 @@ def residual_branches(module: nn.Module) -> list[str]:
                 if isinstance(getattr(m, branch, None), nn.Module):
                     found.append(prefix + branch)
                     break
+        elif all(isinstance(getattr(m, a, None), nn.Module) for a in ("attn", "mlp", "ls1", "ls2")):
+            found += [prefix + "ls1", prefix + "ls2"]  # a timm transformer block: x + ls1(attn), x + ls2(mlp)
+        elif type(m).__name__ == "ConvNeXtBlock" and isinstance(getattr(m, "drop_path", None), nn.Module):
+            found.append(prefix + "drop_path")  # timm's ConvNeXt: the branch ends in drop_path, then + shortcut
         elif type(m).__name__ == "BasicBlock" and isinstance(getattr(m, "bn2", None), nn.Module):
             found.append(prefix + "bn2")
         elif type(m).__name__ == "Bottleneck" and isinstance(getattr(m, "bn3", None), nn.Module):

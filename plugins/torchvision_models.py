@@ -70,7 +70,8 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
             text = str(exc)
             if "Unsupported global" in text:
                 why = "it holds more than tensors: save model.state_dict(), not the model"
-            elif any(s in text for s in ("Weights only load failed", "invalid load key", "zip archive", "EOF")):
+            elif any(s in text for s in ("Weights only load failed", "invalid load key", "zip archive", "EOF")) \
+                    or isinstance(exc, (KeyError, IndexError, ValueError)) or len(text.strip()) < 12:
                 why = "the file is corrupt, cut short or not a PyTorch file"
             else:
                 why = (text.strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -88,10 +89,20 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
             ) from None
         return model
     weights = get_model_weights(name).DEFAULT
+    cached = _cache_path(name)
+    was_cached = cached.is_file()
     try:
         return get_model(name, weights=weights, **spec.kwargs)
-    except (OSError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a download that failed, or a cached file that is not weights
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if was_cached:  # torch's cache holds a file cut short or overwritten: it is read, never downloaded again
+            raise ModelLoadError(
+                f"the cached weights of {name} at {cached} cannot be read ({type(exc).__name__}: {reason}); the "
+                f"file is corrupt or cut short: delete it (rm {cached}) and run again to download it anew, or set "
+                "model.weights to a local state-dict file"
+            ) from None
+        if not isinstance(exc, (OSError, RuntimeError, ValueError)):
+            raise
         raise ModelLoadError(
             f"could not get the ImageNet weights of {name} ({reason}). Download {weights.url} "
             f"to {_cache_path(name)}, or set model.weights to a local state-dict file "

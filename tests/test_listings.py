@@ -57,7 +57,8 @@ def test_classes_lists_the_names_a_target_can_name_from_the_real_metadata_offlin
     proc = cli("classes", "inception_v3", "--match", "retriever", env={"TORCH_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "inception_v3: 1000 classes (a recipe's target names one by its name or its index)",
+        "inception_v3: 1000 classes (a recipe's target names one by its name or its index, or by any of its "
+        "other names)",
         "205  flat-coated retriever", "206  curly-coated retriever", "207  golden retriever",
         "208  Labrador retriever", "209  Chesapeake Bay retriever"]
     assert not any(tmp_path.rglob("*.pth"))  # the skeleton: nothing downloaded

@@ -39,3 +39,16 @@ def test_tuning_and_held_out_splits_share_no_class_and_name_their_indices_right(
         assert categories[index] == name
     for _, index, name in q.HELD_OUT_PAIRS + q.TUNING_PAIRS + q.TUNING_WIDE_PAIRS:
         assert categories[index] == name
+
+
+def test_the_any_photo_split_is_new_in_its_classes_and_its_photos():
+    q = _quality()
+    categories = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+    named = {i for split in (q.TUNING_CLASSES, q.TUNING_WIDE_CLASSES, q.TUNING_WIDE2_CLASSES, q.HELD_OUT_CLASSES)
+             for i, _ in split}
+    named |= {i for _, i, _ in q.TUNING_PAIRS + q.TUNING_WIDE_PAIRS + q.HELD_OUT_PAIRS}
+    pairs = q.HELD_OUT_ANY_PAIRS
+    assert len(pairs) >= 12 and not {i for _, i, _ in pairs} & (named | {250})
+    assert all(categories[i] == name for _, i, name in pairs)
+    recipe_photos = {p.name for p in (ROOT / "recipes" / "images").iterdir()}
+    assert not {photo.rpartition("/")[2] for photo, _, _ in pairs} & recipe_photos  # no recipe tuned on them

@@ -29,7 +29,8 @@ def test_the_recipe_block_is_the_castle_recipe():
 
 @pytest.mark.slow
 def test_the_set_examples_validate_against_the_castle_recipe():
-    examples = ["iterations=200", "steps.7.hold=2", "steps.6.target=volcano"]
+    examples = ["iterations=200", "steps.7.hold=2", "steps.6.target=volcano", "keep-photo.hold=2",
+                "L1-loss.target=lighthouse"]
     for example in examples:
         assert f"--set {example}" in README
     args = [a for e in examples for a in ("--set", e)]

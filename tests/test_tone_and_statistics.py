@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
 
@@ -148,6 +149,80 @@ def test_folded_batch_norm_and_a_wrong_layer_are_refused_before_the_run():
         _bound(_adapter(net), batch=1)
     with pytest.raises(RecipeError, match="'features.0' is not a batch-norm layer"):
         _bound(_adapter(TinyNet().eval()), batch=1, layers=["features.0"])
+
+
+def _photos(folder, count: int = 3) -> str:
+    """``count`` seeded noise 'photos' of different brightness in ``folder``; their glob."""
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(count):
+        pixels = np.clip(rng.normal(0.3 + 0.2 * k, 0.1, (48, 64, 3)), 0, 1)
+        Image.fromarray(np.uint8(pixels * 255)).save(folder / f"p{k}.png")
+    return str(folder / "*.png")
+
+
+def test_photos_give_their_own_statistics_to_a_model_with_folded_or_any_layers(tmp_path):
+    glob = _photos(tmp_path / "photos")
+    net = TinyNet().eval()
+    with torch.no_grad():  # folded: the stored statistics say nothing, yet photos give the prior
+        net.features[1].weight.fill_(1.0)
+        net.features[1].running_var.fill_(1.0 - net.features[1].eps)
+    adapter = _adapter(net)
+    step = _bound(adapter, batch=1, photos=glob, layers=["features.0", "features.1"])
+    with torch.no_grad():  # the target: mean and variance per channel over the ten views of each photo
+        acts = []
+        for k in range(3):
+            with Image.open(tmp_path / "photos" / f"p{k}.png") as im:
+                photo = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)
+            photo = TF.resize(photo, [round(224 * 1.25)], antialias=True)
+            views = torch.stack(TF.ten_crop(photo, [224, 224]))
+            acts.append(net.features[0]((views - 0.5) / 0.5).transpose(0, 1).flatten(1))
+        act = torch.cat(acts, 1).double()
+    mean, var = step.targets_[0]
+    assert torch.allclose(mean, act.mean(1).float(), atol=1e-5)
+    assert torch.allclose(var, act.var(1, unbiased=False).float(), rtol=1e-4, atol=1e-6)
+    bright = torch.full((1, 3, 32, 32), 0.95)
+    like = torch.from_numpy(np.clip(np.random.default_rng(6).normal(0.5, 0.12, (1, 32, 32, 3)), 0, 1)
+                            ).permute(0, 3, 1, 2).float()
+    far = step.loss(_Ctx(adapter), adapter(bright).per_image(1), bright)
+    near = step.loss(_Ctx(adapter), adapter(like).per_image(1), like)
+    assert float(near) < 0.5 * float(far)
+
+
+def test_photos_that_match_nothing_and_a_model_without_batch_norm_say_what_to_give(tmp_path):
+    with pytest.raises(RecipeError, match="no photo matches"):
+        _bound(_adapter(TinyNet().eval()), batch=1, photos=str(tmp_path / "none" / "*.jpg"))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(RecipeError, match="give 'source: photos' and 'layers'"):
+        _bound(_adapter(plain.eval()), batch=1)
+    with pytest.raises(RecipeError, match="name the layers to read"):
+        _bound(_adapter(plain.eval()), batch=1, photos=_photos(tmp_path / "p"))
+    step = _bound(_adapter(plain.eval()), batch=1, photos=str(tmp_path / "p" / "*.png"), layers=["1"])
+    assert step.paths == ["1"]
+
+
+def test_bn_statistics_from_photos_in_a_real_recipe_relative_to_the_recipe_file(tmp_path):
+    _photos(tmp_path / "photos")
+    recipe = tiny_recipe(iterations=3)
+    recipe["steps"].insert(-1, {"step": "bn-statistics", "weight": 0.5, "photos": "photos/*.png",
+                                "layers": ["features.0"]})
+    result = run_recipe_dict(recipe, tmp_path / "out" / "run", base_dir=tmp_path)
+    assert result.status == "completed"
+
+
+def test_the_shipped_photos_are_the_default_source_and_naming_photos_implies_it(tmp_path):
+    from pipeline_plugins.bn_statistics import BUILTIN_PHOTOS
+
+    assert len(list(BUILTIN_PHOTOS.glob("*.png")) + list(BUILTIN_PHOTOS.glob("*.jpg"))) == 10
+    assert BNStatisticsParams(photos="x/*.png").source == "photos"
+    with pytest.raises(ValueError, match="only with source: photos"):
+        BNStatisticsParams(photos="x/*.png", source="stored")
+    net = TinyNet().eval()
+    shipped = _bound(_adapter(net), batch=1, source="photos")
+    stored = _bound(_adapter(net), batch=1)
+    mine = _bound(_adapter(net), batch=1, photos=_photos(tmp_path / "p"))
+    assert not torch.allclose(shipped.targets_[0][0], stored.targets_[0][0])
+    assert not torch.allclose(shipped.targets_[0][0], mine.targets_[0][0])
 
 
 def test_bn_statistics_contract_and_a_real_run(tmp_path):

@@ -48,6 +48,7 @@ from pipeline_core.commands.measure import MiB, Measurement, bare_loop, null_pro
 from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import Recipe, load_recipe
 from pipeline_core.registry import Registry
+from pipeline_core.run.threads import using_threads
 
 # -- the comparison ------------------------------------------------------------------------------
 
@@ -249,7 +250,18 @@ def bench(recipe_path: str | Path, registry: Registry, overrides: Sequence[str] 
     def load(n: int | None) -> Recipe:
         return load_recipe(recipe_path, registry, sets + ([f"iterations={n}"] if n is not None else []))
 
+    say = echo or (lambda _text: None)
+
     recipe = load(iterations)
+    # both loops with the engine's thread count (the recipe's, or the free cores)
+    with using_threads(recipe.model.performance.threads):
+        return _bench(recipe, load, registry, iterations, warmup, rounds, device, progress, bare, bare_label, say)
+
+
+def _bench(recipe: Recipe, load: Callable[[int | None], Recipe], registry: Registry, iterations: int | None,
+           warmup: int, rounds: int, device: str | None, progress: Callable[[], Progress],
+           bare: Callable[[Recipe, Registry, str | None], tuple[Measurement, np.ndarray]], bare_label: str,
+           say: Callable[[str], None]) -> BenchReport:
     dev = pick_device(device or recipe.model.device)
     out = recipe.model.output
     report = BenchReport(recipe=str(recipe_path), device=str(dev), batch=recipe.plan.batch,
@@ -257,7 +269,6 @@ def bench(recipe_path: str | Path, registry: Registry, overrides: Sequence[str] 
                          frame_every=out.frame_every if out.video else None, video=out.video, machine={},
                          load_before=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                          bare_label=bare_label)
-    say = echo or (lambda _text: None)
     if warmup > 0:
         try:
             load(warmup)

@@ -11,24 +11,14 @@ import os
 import signal
 import sys
 
-
-def _interrupted_while_starting(signum: int, _frame: object) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    os.write(2, f"interrupted ({name})\n".encode())
-    os._exit(130)
-
+from pipeline_core.commands.early import as_command, catch_startup_signals
 
 # Started as the command (not imported by a test or a script): a Ctrl-C, SIGTERM or SIGHUP
 # while the modules below are still being imported is one line and exit code 130, not a
 # traceback; main() takes over from here.
-_argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-_AS_COMMAND = os.path.basename(_argv0) == "pipeline" or _argv0.endswith(os.path.join("pipeline_core", "__main__.py"))
+_AS_COMMAND = as_command()
 if _AS_COMMAND:
-    for _name, _default in (("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
-                            ("SIGHUP", signal.SIG_DFL)):
-        _signum = getattr(signal, _name, None)
-        if _signum is not None and signal.getsignal(_signum) is _default:
-            signal.signal(_signum, _interrupted_while_starting)
+    catch_startup_signals()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -64,11 +54,11 @@ def _registry(quiet: bool = False):
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """Every change to the recipe the options make, in order: --model, then --set, then --seed
-    and --device (each error names the option that caused it)."""
-    from pipeline_core.recipe.source import Override
+    """Every change to the recipe the options make, in order: --add-step, --model, then --set, then
+    --seed, --device and --threads (each error names the option that caused it)."""
+    from pipeline_core.recipe.source import AddStep, Override
 
-    sets: list[str] = []
+    sets: list[str] = [AddStep(text, f"--add-step {text}") for text in getattr(args, "add_step", None) or []]
     if getattr(args, "model", None):
         from pipeline_core.commands.evaluate import model_overrides
 
@@ -78,6 +68,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         sets.append(Override(f"seed={args.seed}", f"--seed {args.seed}"))
     if getattr(args, "device", None) is not None:
         sets.append(Override(f"device={args.device}", f"--device {args.device}"))
+    if getattr(args, "threads", None) is not None:
+        sets.append(Override(f"performance.threads={args.threads}", f"--threads {args.threads}"))
     return sets
 
 
@@ -94,9 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args.quiet)
     if args.resume is not None:
         run_dir = Path(args.resume)
-        if args.recipe or args.set or args.seed is not None or args.out is not None or args.force or args.model:
+        if (args.recipe or args.set or args.seed is not None or args.out is not None or args.force or args.model
+                or args.threads is not None or args.add_step):
             raise RecipeError("--resume continues a run as it was recorded, in its own folder: "
-                              "give no recipe, --set, --model, --seed, --out or --force with it")
+                              "give no recipe, --set, --add-step, --model, --seed, --threads, --out or --force "
+                              "with it")
         if not run_dir.is_dir():
             raise RecipeError(f"--resume {run_dir}: no such run folder")
         if not (run_dir / "run.json").is_file():
@@ -189,10 +183,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline_core.commands.evaluate import evaluate_run, parse_model_arg, render
+    from pipeline_core.run.threads import using_threads
 
     models = [parse_model_arg(text) for text in args.model]
-    data = evaluate_run(Path(args.run_dir), models, _registry(), device=args.device or "cpu",
-                        batch_size=args.batch_size)
+    with using_threads(args.threads):
+        data = evaluate_run(Path(args.run_dir), models, _registry(), device=args.device or "cpu",
+                            batch_size=args.batch_size)
     out_console.print(render(data))
     out_console.print(f"wrote {_safe(Path(args.run_dir) / 'evaluation.json')}", markup=True)
     from pipeline_core.output.report import safe_refresh
@@ -208,7 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return sweep(args.sweep, _registry(args.quiet), _overrides(args), axis=args.axis, batch=args.batch,
                  out=args.out, force=args.force, quiet=args.quiet, console=err_console,
-                 say=lambda line: err_console.print(_printable(line)))
+                 say=lambda line: err_console.print(_printable(line)), max_jobs=args.max_jobs)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -231,13 +227,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         heads = ", ".join(entry.obj.heads)
         extra = f"  heads: {heads}" if heads else ""
         out_console.print(f"{_safe(name)}  [dim]({_safe(entry.plugin)})[/]{_safe(extra)}", markup=True)
+    for prefix, entry in sorted(registry.families.items()):  # every NAME its plugin knows, e.g. timm:convnext_tiny
+        out_console.print(f"{_safe(prefix)}:NAME  [dim]({_safe(entry.plugin)})[/]", markup=True)
     return 0
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from pipeline_core.commands.layers import as_json, list_layers, render
+    from pipeline_core.run.threads import using_threads
 
-    name, side, rows = list_layers(args.model, _registry(quiet=True), size=args.size)
+    with using_threads(args.threads):
+        name, side, rows = list_layers(args.model, _registry(quiet=True), size=args.size)
     sys.stdout.write((as_json(name, side, rows) if args.json else render(name, side, rows, args.match)) + "\n")
     return 0
 
@@ -288,7 +288,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.json is not None:  # before minutes of measuring, not after
         check_output_file(Path(args.json), "--json")
-    sets = _overrides(argparse.Namespace(model=args.model, set=args.set))
+    sets = _overrides(argparse.Namespace(model=args.model, set=args.set, threads=args.threads,
+                                         add_step=args.add_step))
     report = bench(args.recipe, _registry(), sets, iterations=args.iterations, warmup=args.warmup,
                    rounds=args.rounds, device=args.device, echo=err_console.print)
     for line in report.lines():
@@ -314,6 +315,13 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _threads(text: str) -> int:
+    value = _count(1)(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"must be at most 1024, got {value}")
+    return value
 
 
 def _integer(text: str) -> int:
@@ -357,6 +365,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+SET_HELP = ("override a value by dotted path, read as YAML (e.g. model.size=224, steps.2.sigma=1); a step is "
+            "named by its position, its label: or its step name when only one step has it (blur.sigma=1)")
+ADD_STEP_HELP = ("add a step, a YAML mapping like '{step: blur, sigma: 1}', at the end or before/after a step "
+                 "named as --set names one ('before:adam={step: blur}'); applied before --set (repeatable)")
+THREADS_HELP = ("CPU threads for PyTorch (default: the cores not busy with other work when it starts, at least 1; "
+                "for a run, sets the recipe's performance.threads)")
+
 MODEL_HELP = ("the model, as 'pipeline models' names it, with the keys of a recipe's model section: "
               "mobilenet_v2,weights=m.pth,mean=0.5,std=0.5,size=224 (paths relative to this folder); "
               "sets the recipe's model section")
@@ -375,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_args(sp: argparse.ArgumentParser, nargs: str | None = None) -> None:
         sp.add_argument("recipe", nargs=nargs, type=_path, help="recipe YAML (or a run's run.json to replay it)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                        help="override a value by dotted path, read as YAML (e.g. model.size=224, steps.2.sigma=1)")
+                        help=SET_HELP)
+        sp.add_argument("--add-step", action="append", metavar="[before:STEP=|after:STEP=]YAML", default=[],
+                        help=ADD_STEP_HELP)
         sp.add_argument("--model", metavar="NAME[,KEY=VALUE...]", help=MODEL_HELP)
 
     run = command("run", "run a recipe")
@@ -383,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=_path, help="run folder (default: a new folder under runs/ named after the recipe)")
     run.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
     run.add_argument("--seed", type=_integer, help="overrides the recipe's seed")
+    run.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--force", action="store_true", help="replace the run in a non-empty run folder (its files go)")
     run.add_argument("--resume", metavar="RUN_DIR", type=_path, help="continue an interrupted run from its checkpoint")
@@ -401,13 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeatable)")
     ev.add_argument("--device", type=_device, help="cpu (default), auto, cuda, cuda:N or mps")
     ev.add_argument("--batch-size", type=_count(1), default=16, help="images per forward pass (default 16)")
+    ev.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP.split(";")[0] + ")")
     ev.set_defaults(func=cmd_evaluate)
 
     sw = command("sweep", "run a recipe over every combination of a few settings (under torchrun: shared among "
                           "processes, GPUs and machines)")
     sw.add_argument("sweep", metavar="FILE", type=_path, help="sweep YAML: recipe:, axes: and batch: (see recipes/atlas.yaml)")
-    sw.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                    help="override a value of the recipe by dotted path, read as YAML")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help=SET_HELP)
+    sw.add_argument("--add-step", action="append", metavar="[before:STEP=|after:STEP=]YAML", default=[],
+                    help=ADD_STEP_HELP)
     sw.add_argument("--model", metavar="NAME[,KEY=VALUE...]", help=MODEL_HELP)
     sw.add_argument("--axis", action="append", metavar="KEY=VALUES", default=[],
                     help="replace an axis's values: a YAML list, or for a target all or a range "
@@ -416,8 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", type=_path, help="sweep folder (default: runs/NAME, NAME from the sweep file)")
     sw.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (under torchrun auto and cuda "
                                                    "mean cuda:LOCAL_RANK)")
+    sw.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP.replace("a run", "every run"))
     sw.add_argument("--quiet", action="store_true", help="no progress display")
     sw.add_argument("--force", action="store_true", help="run every batch again, finished ones too")
+    sw.add_argument("--max-jobs", type=_count(1), metavar="N", help="run a sweep of more than 100000 jobs (refused "
+                    "without it: give its number of jobs to confirm)")
     sw.set_defaults(func=cmd_sweep)
 
     rep = command("report", "rebuild the page of a run folder (report.html) or a sweep folder (atlas.html)")
@@ -436,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=_count(8), help="input side in pixels (default: the model's own)")
     layers.add_argument("--match", metavar="TEXT", help="only the layers whose path or type contains TEXT")
     layers.add_argument("--json", action="store_true", help="machine-readable output")
+    layers.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP.split(";")[0] + ")")
     layers.set_defaults(func=cmd_layers)
 
     classes = command("classes", "list a model's classes (the names and indices a target can name)")
@@ -459,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=_count(0), default=2, help="iterations of an uncounted first run of each loop (default 2)")
     be.add_argument("--rounds", type=_count(1), default=3, help="runs of each loop, alternating; medians are reported (default 3)")
     be.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (overrides the recipe)")
+    be.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP.replace("a run", "both loops"))
     be.add_argument("--json", metavar="FILE", type=_path, help="also write every figure to this JSON file")
     be.set_defaults(func=cmd_bench)
 

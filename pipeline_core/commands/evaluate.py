@@ -47,6 +47,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from pipeline_core import regular
 from pipeline_core.errors import ModelLoadError, OutputError, PipelineError, RecipeError, _printable
 from pipeline_core.model import ModelAdapter, ModelSpec
 from pipeline_core.recipe.messages import describe
@@ -162,6 +163,9 @@ def parse_model_arg(text: str, base: Path | None = None, keys: Sequence[str] = _
                 raise RecipeError(f"--model {text}: weights is empty; give a state-dict file")
             path = expand_user(raw, f"--model {text}")
             model.weights = path if path.is_absolute() else base / path
+            kind = regular.problem(model.weights)
+            if kind:  # a FIFO would make the weights' reader wait for ever
+                raise RecipeError(f"--model {text}: the weights {model.weights} are {kind}, not a regular file")
             if not model.weights.is_file():
                 raise RecipeError(f"--model {text}: no weights file at {model.weights}")
             given[key] = str(model.weights)

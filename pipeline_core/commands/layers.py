@@ -33,6 +33,7 @@ class LayerRow:
     shape: list[int] | None  #: one image's output shape; None when the module did not run (or gave no tensor)
     channels: int | None
     calls: int  #: how often the module ran in one forward pass (a shared ReLU runs several times; the last counts)
+    folded: bool = False  #: a batch norm whose statistics in the weights are the identity (folded away)
 
     def shape_text(self) -> str:
         if self.calls == 0:
@@ -42,13 +43,38 @@ class LayerRow:
         return "x".join(str(d) for d in self.shape) + (f"  (runs {self.calls}x; the last counts)" if self.calls > 1 else "")
 
 
+def folded_batchnorms(weights: Path | None, paths: list[str]) -> list[str]:
+    """The batch-norm layers (of ``paths``) whose statistics in the weights file are the identity
+    (mean 0, variance 1, scale 1): folded into the convolution before them when the weights were
+    exported, so the layer passes its input through and ``bn-statistics`` has nothing to match.
+    Empty when no weights file is given or it cannot be read (the listing is of the skeleton)."""
+    if weights is None or not paths:
+        return []
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a file that is no state dict: nothing to say about it here
+        return []
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    out = []
+    for path in paths:
+        mean, var, scale = (state.get(f"{path}.{k}") for k in ("running_mean", "running_var", "weight"))
+        if not all(isinstance(t, torch.Tensor) for t in (mean, var)):
+            continue
+        if bool((mean == 0).all()) and bool(((var.float() - 1).abs() < 1e-3).all()) and \
+                (not isinstance(scale, torch.Tensor) or bool((scale == 1).all())):
+            out.append(path)
+    return out
+
+
 def module_from_arg(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
     """(module, its ModelInfo, model name) for a ``NAME[,KEY=VALUE...]`` argument, from the skeleton
-    where the model has one (nothing downloaded); the listing commands share it."""
+    where the model has one (nothing downloaded); the listing commands share it. Weights named in
+    the argument are loaded as a run loads them, so a file that is not this model's weights (a
+    text file, another architecture's) is one clear line, not a listing of something else."""
     from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
 
     model = parse_model_arg(text, base, RUN_KEYS)
-    module, info = build_module(model, registry, skeleton=True)
+    module, info = build_module(model, registry, skeleton=getattr(model, "weights", None) is None)
     return module, info, model.name
 
 
@@ -57,7 +83,10 @@ def list_layers(text: str, registry: Registry, size: int | None = None, base: Pa
     if size is not None and not 8 <= size <= MAX_LIST_SIDE:
         raise RecipeError(f"--size {size}: give a side from 8 to {MAX_LIST_SIDE} px (the shapes scale with it; "
                           "a larger side only costs time)")
+    from pipeline_core.commands.evaluate import RUN_KEYS, parse_model_arg
+
     module, info, name = module_from_arg(text, registry, base)
+    weights = parse_model_arg(text, base, RUN_KEYS).weights
     adapter = ModelAdapter(module, info)
     side = size or info.size or 224
     seen: dict[str, Any] = {}
@@ -83,10 +112,14 @@ def list_layers(text: str, registry: Registry, size: int | None = None, base: Pa
         for h in handles:
             h.remove()
     rows = []
+    norms = [p for p in layer_paths(adapter.module) if isinstance(modules[p], nn.BatchNorm2d)]
+    folded = set(folded_batchnorms(weights, norms))
     for path in layer_paths(adapter.module):
         shape = seen.get(path)
+        # tokens (N, D) of a transformer: the embedding dimensions are the channels objectives name
+        channels = (int(shape[-1]) if len(shape) == 2 else int(shape[0])) if shape else None
         rows.append(LayerRow(path, type(modules[path]).__name__, list(shape) if shape else None,
-                             int(shape[0]) if shape else None, calls.get(path, 0)))
+                             channels, calls.get(path, 0), path in folded))
     return name, side, rows
 
 
@@ -98,9 +131,17 @@ def render(name: str, side: int, rows: list[LayerRow], match: str | None = None)
              f"{'path':<{width}}  {'type':<{twidth}}  {'channels':>8}  output"]
     for r in shown:
         ch = str(r.channels) if r.channels is not None else "-"
-        lines.append(f"{r.path:<{width}}  {r.type:<{twidth}}  {ch:>8}  {r.shape_text()}")
+        lines.append(f"{r.path:<{width}}  {r.type:<{twidth}}  {ch:>8}  {r.shape_text()}"
+                     + ("  (folded)" if r.folded else ""))
     if match and not shown:
         lines.append(f"(no layer path or type contains '{match}')")
+    folded = sum(r.folded for r in rows)
+    if folded:
+        norms = sum(r.type == "BatchNorm2d" for r in rows)
+        every = "all" if folded == norms else f"{folded} of"
+        lines.append(f"note: {every} {norms} BatchNorm2d layers are folded: their statistics in the weights are the "
+                     "identity (mean 0, variance 1, scale 1), merged into the convolutions before them, so each "
+                     "only adds its bias and bn-statistics has no statistics to match")
     return "\n".join(lines)
 
 

@@ -18,9 +18,17 @@ def rebuild(folder: Path) -> Path:
     from pipeline_core.output.report import SWEEP, refresh
     from pipeline_core.run.record import _why, read_record
 
+    from pipeline_core import regular
+    from pipeline_core.output.metrics import FILE as METRICS
+
     folder = Path(folder)
     if not folder.is_dir():
         raise RecipeError(f"{folder}: no such folder (give a run folder or a sweep folder)")
+    for name in (SWEEP, "run.json", METRICS, "evaluation.json"):  # read whole: a FIFO would hang the page
+        kind = regular.problem(folder / name)
+        if kind:
+            raise RecipeError(f"{folder / name} is {kind}, not a regular file: the page reads it whole; remove it "
+                              "(or put the run's own file there) and run pipeline report again")
     if not (folder / SWEEP).is_file():
         if not (folder / "run.json").is_file():
             raise RecipeError(f"{folder} holds no run.json (a run folder) and no sweep.json (a sweep folder): "

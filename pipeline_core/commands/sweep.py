@@ -5,7 +5,10 @@ pick the rank's device, agree with the other ranks on the plan and on ``batch: a
 (:mod:`.sweep.shard`), run the rank's batches (:mod:`.sweep.runner`), and say it is finished.
 Rank 0 also draws the overall bar, keeps sweep.json current, and at the end draws the contact
 sheets and reports. Exit codes as ``pipeline run``: 0 every job completed, 1 some batch failed
-(the others ran), 2 an invalid sweep file or option, 130 interrupted (start it again to go on).
+(the others ran) or a finished batch's folder no longer holds its run at the end (removed while
+the sweep went on: reported, never counted completed), 2 an invalid sweep file or option (a
+sweep of more than ``--max-jobs`` jobs too, refused before its jobs are built), 130 interrupted
+(start it again to go on).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any, Callable, Sequence
 
 from pipeline_core.errors import RecipeError
 from pipeline_core.sweep import index as sweep_index
+
+#: a sweep of this many jobs says its count before it is planned (planning it takes a moment)
+ANNOUNCE_FROM = 1000
 
 
 def _batch_size(spec: Any, plan: Any, sweep_dir: Path, registry: Any, sets: Sequence[str], device: Any,
@@ -46,11 +52,11 @@ def _batch_size(spec: Any, plan: Any, sweep_dir: Path, registry: Any, sets: Sequ
 
 def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (), batch: str | None = None,
           out: str | None = None, force: bool = False, quiet: bool = False, console: Any = None,
-          say: Callable[[str], None] = print) -> int:
+          say: Callable[[str], None] = print, max_jobs: int | None = None) -> int:
     from pipeline_core.run.device import rank_device
     from pipeline_core.sweep import shard
     from pipeline_core.sweep.display import make_bar
-    from pipeline_core.sweep.plan import fingerprint, make_plan
+    from pipeline_core.sweep.plan import LARGE_SWEEP, fingerprint, make_plan
     from pipeline_core.sweep.runner import Overall, run_rank
     from pipeline_core.sweep.sheets import write_sheets
     from pipeline_core.sweep.spec import load_sweep
@@ -58,10 +64,21 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
     t_start = time.monotonic()
     world = shard.world_from_env()
     spec = load_sweep(file, axis, batch)
-    sweep_dir = Path(out) if out is not None else Path("runs") / spec.name
+    if out is not None:
+        sweep_dir = Path(out)
+    else:
+        from pipeline_core.run.confine import outputs_root
+
+        sweep_dir = outputs_root() / spec.name  # the name is a plain name (spec.load_sweep checked it)
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise RecipeError(f"--out {sweep_dir} is a file, not a folder")
-    first = make_plan(spec, registry, sets, batch_size=1, check=False)
+    limit = LARGE_SWEEP if max_jobs is None else max_jobs
+
+    def announce(jobs: int) -> None:  # said before a big plan is built (or refused)
+        if jobs >= ANNOUNCE_FROM:
+            say(f"sweep {spec.name}: {jobs} jobs")
+
+    first = make_plan(spec, registry, sets, batch_size=1, check=False, max_jobs=limit, announce=announce)
     device = rank_device(first.base.model.device, world.local_rank)
     size, how = _batch_size(spec, first, sweep_dir, registry, sets, device, force)
 
@@ -77,11 +94,14 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
         sizes = [t["batch"] for t in everyone if t["batch"] is not None]
         size = min(sizes) if sizes else None
         token = everyone[0]["token"]
-        plan = make_plan(spec, registry, sets, batch_size=size, check=True)
+        plan = make_plan(spec, registry, sets, batch_size=size, check=True, max_jobs=limit)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        shard.status_path(sweep_dir, world.rank)  # refused now if its way leads out of the sweep folder
         status = shard.RankStatus(sweep_dir, world, token, str(device))
         extra = {"batch_auto": spec.batch == "auto", "world_size": world.size,
-                 **({"batch_probe": how} if how else {})}
+                 **({"batch_probe": how} if how else {}),
+                 # the options that changed the recipe or the axes, as typed (the atlas page shows them)
+                 "options": [getattr(o, "shown", None) or f"--set {o}" for o in sets] + [f"--axis {a}" for a in axis]}
 
         def refresh() -> None:
             outcomes = overall.outcomes() if overall is not None else None
@@ -130,7 +150,13 @@ def sweep(file: str, registry: Any, sets: Sequence[str], axis: Sequence[str] = (
                 "interrupted one resumes from its checkpoint)")
             return 130
         failed = counts.get("failed") or any(s and "failed" in (s.get("batches") or {}).values() for s in statuses)
-        return 1 if failed else 0
+        missing = [b["run"] for b in data["batches"] if b.get("status") != "completed"
+                   and (overall.outcomes().get(b["run"]) in ("completed", "skipped"))]
+        if missing:  # finished in this start, but its folder is gone or changed now: not a result
+            say(f"{len(missing)} batch(es) finished but their folders no longer hold the finished run "
+                f"(removed or changed while the sweep ran: {', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}); start the same command again to run them")
+        return 1 if failed or missing or counts.get("pending") else 0
     finally:
         shard.stop(world)
 

@@ -50,7 +50,19 @@ def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
 
 def line_chart(title: str, ylabel: str, xs: Sequence[int], series: Sequence[tuple[str, Sequence[Any]]],
                salt: str, ylim: tuple[float, float] | None = None, log: bool = False) -> str:
-    """One chart of several named series over the iterations, as SVG text."""
+    """One chart of several named series over the iterations, as SVG text.
+
+    The title and the legend hold text from the user (a class name, an objective's label): it is
+    drawn as text, never parsed as mathtext (a name with ``$...$`` in it), so no name can fail
+    the chart or change what it shows."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _line_chart(title, ylabel, xs, series, salt, ylim, log)
+
+
+def _line_chart(title: str, ylabel: str, xs: Sequence[int], series: Sequence[tuple[str, Sequence[Any]]],
+                salt: str, ylim: tuple[float, float] | None, log: bool) -> str:
     fig, ax = _figure(title, ylabel)
     for name, values in series:
         ys = _finite(values)

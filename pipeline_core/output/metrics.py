@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import torch
 
+from pipeline_core import regular
+
 FILE = "metrics.jsonl"
 
 
@@ -41,7 +43,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every whole line of a metrics file; a line cut short by a kill is skipped."""
     rows: list[dict[str, Any]] = []
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = regular.read_text(path, errors="replace")  # a FIFO is refused, never waited on
     except OSError:
         return rows
     for line in text.splitlines():

@@ -78,14 +78,21 @@ def _number_width(size: int) -> int:
     return int(_font(size).getlength("0.000")) + 6
 
 
+def counter(iteration: int, total: int | None) -> str:
+    """The frame's place in the run, counted as the progress bar and report count: the frame
+    after the last of 100 iterations is "iteration 100 of 100", the photo or noise it starts
+    from "iteration 0 of 100"."""
+    return f"iteration {iteration}" + (f" of {total}" if total else "")
+
+
 def class_panel(logits: np.ndarray | None, targets: Sequence[int], primary: int | None, iteration: int,
-                categories: Sequence[str], height: int, width: int) -> np.ndarray:
+                categories: Sequence[str], height: int, width: int, total: int | None = None) -> np.ndarray:
     """Three lines of text (iteration, target and its probability, top-1) over the logits scatter."""
     size = _font_size(height)
     lines = 3 if height >= 3 * (size + 2) + 24 else 1
     band = lines * (size + 2) + 4
     name = (lambda k: str(categories[k]) if 0 <= k < len(categories) else str(k))
-    text = [(f"iteration {iteration}", INK)]
+    text = [(counter(iteration, total), INK)]
     finite = logits is not None and logits.size > 0 and bool(np.all(np.isfinite(logits)))
     number = None
     if lines == 3:
@@ -140,12 +147,12 @@ class Sparklines:
                     seq.extend([float("nan")] * (n - len(seq)))  # an objective not active before
                     seq.append(float("nan") if v is None else float(v))
 
-    def panel(self, image: int, iteration: int, height: int, width: int) -> np.ndarray:
+    def panel(self, image: int, iteration: int, height: int, width: int, total: int | None = None) -> np.ndarray:
         self._catch_up(iteration)
         size = _font_size(height)
         panel = Image.new("RGB", (width, height), BACKGROUND)
         draw = ImageDraw.Draw(panel)
-        rows = [(2, f"iteration {iteration}")]
+        rows = [(2, counter(iteration, total))]
         top = size + 6
         labels = sorted(self.series)
         if not labels:

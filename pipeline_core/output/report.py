@@ -65,8 +65,10 @@ def _href(path: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    from pipeline_core import regular
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(regular.read_text(path))  # a FIFO is refused, never waited on
     except (OSError, ValueError):
         return None
 
@@ -270,6 +272,7 @@ def render_atlas(sweep_dir: Path) -> str:
     return _environment().get_template("atlas.html.j2").render(
         name=str(sweep.get("name") or sweep_dir.name), recipe=str(sweep.get("recipe") or ""),
         axes={str(k): _list(v) for k, v in _dict(sweep.get("axes")).items()},
+        options=[str(o) for o in _list(sweep.get("options"))],
         total=sweep.get("total") if _is_number(sweep.get("total")) else len(jobs),
         jobs=jobs, judges=judges, counts=counts, classes=classes,
         written=time.strftime("%Y-%m-%d %H:%M:%S"), version=__version__,

@@ -167,10 +167,10 @@ class VideoWriter(Writer):
     def _panels(self, iteration: int, images: torch.Tensor, logits: torch.Tensor | None, tile: int) -> list[np.ndarray]:
         h, w = scaled_size(images.shape[-2], images.shape[-1], tile)
         if self.sparklines is not None:
-            return [self.sparklines.panel(i, iteration, h, w) for i in range(images.shape[0])]
+            return [self.sparklines.panel(i, iteration, h, w, self.info.iterations) for i in range(images.shape[0])]
         lg = logits.numpy() if logits is not None else None
         return [class_panel(lg[i] if lg is not None else None, self.info.targets[i], self.primary[i], iteration,
-                            self.info.categories, h, w) for i in range(images.shape[0])]
+                            self.info.categories, h, w, self.info.iterations) for i in range(images.shape[0])]
 
     def close(self, status: str) -> list[str]:
         if self._encoder is None:

@@ -7,8 +7,10 @@ name, and the key, says what was expected, and suggests the closest valid name f
 from __future__ import annotations
 
 import copy
+import os
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from pipeline_core import regular
 from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec, _skeleton_layers, _unknown_layer
 from pipeline_core.recipe.messages import describe, raise_validation
@@ -53,12 +56,16 @@ class Recipe:
     steps_bound: list[Step]
     #: (url, file) of weights the model will download on its first run, when not cached yet
     download: tuple[str, Path] | None = None
+    #: for a model lent from Python: where it came from and how to replay the run (run.json's model.in_memory)
+    model_note: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
         stem = Path(self.source.file).stem
-        # shown by the progress display and used for runs/NAME: never a control character
-        return _printable(Path(self.source.file).parent.name if stem == "run" else stem)
+        # shown by the progress display and used for runs/NAME: never a control character; a
+        # replay (RUN/run.json, also given as plain run.json from inside RUN) is named for its folder
+        folder = Path(os.path.abspath(self.source.file)).parent.name
+        return _printable((folder or "run") if stem == "run" else stem)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain data, paths absolute, overrides applied: replayable as is."""
@@ -131,7 +138,9 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
         raise RecipeError(
             f"{exc.args[0]} (see 'pipeline steps')", source.where(path + ("step",), step_index=index, key="step")
         ) from None
-    data = {k: v for k, v in raw.items() if k != "step"}
+    data = {k: v for k, v in raw.items() if k not in ("step", "label")}
+    if "label" in raw:
+        _check_label(source, index, name, raw["label"])
     for field_name in getattr(cls, "paths", ()):
         if field_name in data:
             data[field_name] = _paths_at(source, path + (field_name,), data[field_name], step_index=index,
@@ -143,6 +152,21 @@ def _check_step(source: Source, registry: Registry, index: int, raw: Any) -> tup
         raise_validation(exc, model, source, path, step=(index, name))
     _check_magnitudes(source, path, params.model_dump(by_alias=True), (index, cls.name))
     return cls, data, params
+
+
+#: a step's label: a name --set can use in place of the position (no dots, not a number)
+LABEL_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def _check_label(source: Source, index: int, name: str, label: Any) -> None:
+    if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+        raise RecipeError(f"a step's label must be a short name of letters, digits, '-' and '_' that starts with "
+                          f"a letter (--set LABEL.KEY=VALUE uses it), got {label!r}",
+                          source.where(("steps", index, "label"), step_index=index, step_name=name, key="label"))
+    for other, raw in enumerate(source.data["steps"][:index]):
+        if isinstance(raw, dict) and raw.get("label") == label:
+            raise RecipeError(f"the label '{label}' is already step {other}'s; labels name one step each",
+                              source.where(("steps", index, "label"), step_index=index, step_name=name, key="label"))
 
 
 #: the largest float32: a parameter beyond it becomes Inf on the device
@@ -187,6 +211,10 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
     weights = None
     if m.weights:
         weights = Path(_paths_at(source, ("model", "weights"), m.weights, key="model.weights"))
+        kind = regular.problem(weights)
+        if kind:  # a FIFO would make the weights' reader wait for ever
+            raise RecipeError(f"the weights {weights} are {kind}, not a regular file; name the weights file itself",
+                              source.where(("model", "weights"), key="model.weights"))
         if not weights.is_file():
             raise RecipeError(
                 f"no weights file at {weights}", source.where(("model", "weights"), key="model.weights")
@@ -214,6 +242,9 @@ def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[Mo
     try:
         model_def = registry.model(spec.name)
     except KeyError as exc:
+        if spec.name.startswith("python:"):  # a run.json of a run made with a model lent from Python
+            raise RecipeError(f"model '{spec.name}' was an nn.Module passed from Python: replay the run from "
+                              "Python with pipeline_core.run(RUN_JSON, model=module), or give --model", where) from None
         raise RecipeError(f"{exc.args[0]} (see 'pipeline models')", where) from None
     try:
         info = model_def.describe(spec)
@@ -334,6 +365,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
             raise RecipeError(_given(source, exc.message, loc, ("iterations",), ("batch",), ("model",)), loc) from None
         kinds_seen[cls.kind] = kinds_seen.get(cls.kind, 0) + 1
         raw = {"step": cls.name, **data_i}
+        if "label" in rm.steps[index]:  # kept in run.json, so a replay's --set can name it too
+            raw["label"] = rm.steps[index]["label"]
         specs.append(StepSpec(index, cls, params, schedule, raw))
         bound.append(step)
 

@@ -75,6 +75,13 @@ def _union_at(loc: list[Any], errors: Sequence[dict[str, Any]]) -> int | None:
     return None
 
 
+def _not_finite(value: Any, inner: Sequence[Any]) -> str:
+    """The message for a NaN or an infinity where numbers are expected."""
+    word = "NaN" if isinstance(value, float) and value != value else "infinity"
+    where = f" (item {inner[0]} of the list)" if inner and isinstance(inner[0], int) else ""
+    return f"expected a finite number{where}, got {value!r}: {word} is not allowed"
+
+
 def describe(err: dict[str, Any], model: type[BaseModel],
               errors: Sequence[dict[str, Any]] | None = None) -> tuple[str, str]:
     """(key, message) for the first pydantic error; a union's alternatives are named together."""
@@ -82,6 +89,10 @@ def describe(err: dict[str, Any], model: type[BaseModel],
     tag_at = _union_at(loc, errors or [err])
     if tag_at is not None:
         prefix = loc[:tag_at]
+        for other in errors or [err]:  # a NaN in a list that is otherwise right: say that, not "expected ..."
+            oloc = _clean(other["loc"])
+            if other["type"] == "finite_number" and oloc[:tag_at] == prefix:
+                return ".".join(str(p) for p in prefix), _not_finite(other.get("input"), oloc[tag_at + 1:])
         members: list[str] = []
         given: Any = err.get("input")
         shortest = len(loc)
@@ -108,7 +119,7 @@ def describe(err: dict[str, Any], model: type[BaseModel],
     if err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         return key, f"expected a mapping of keys, got {err.get('input')!r}"
     if err["type"] == "finite_number":
-        return key, f"expected a finite number, got {err.get('input')!r}"
+        return key, _not_finite(err.get("input"), [])
     msg = err["msg"].replace("Value error, ", "")
     given = err.get("input")
     if not isinstance(given, (dict, list)) and given is not None and "got " not in msg and repr(given) not in msg:

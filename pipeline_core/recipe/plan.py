@@ -8,18 +8,15 @@ without downloading or loading a model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
-from pipeline_core.errors import RecipeError, did_you_mean
+from pipeline_core.errors import RecipeError
+from pipeline_core.recipe.classnames import ClassNames, class_key  # noqa: F401 - class_key: imported from here
 
 ClassRef = Union[int, str]
-
-
-def class_key(name: str) -> str:
-    """A class name as recipes compare it: case, spaces, '_' and '-' ignored."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
 @dataclass
@@ -33,7 +30,8 @@ class Plan:
     base_dir: Path = field(default_factory=Path.cwd)
 
     def class_index(self, ref: ClassRef) -> int:
-        """A class by index or by name (case, spaces and underscores ignored)."""
+        """A class by index or by name (case, spaces and underscores ignored; any synonym, see
+        :mod:`~pipeline_core.recipe.classnames`)."""
         n = len(self.categories)
         if isinstance(ref, bool):
             raise RecipeError(f"expected a class name or index, got {ref!r}")
@@ -41,13 +39,12 @@ class Plan:
             if not 0 <= ref < n:
                 raise RecipeError(f"class index {ref} is out of range: {self.model_name} has classes 0..{n - 1}")
             return ref
-        wanted = class_key(ref)
-        for i, name in enumerate(self.categories):
-            if class_key(name) == wanted:
-                return i
-        raise RecipeError(
-            f"unknown class '{ref}' for {self.model_name}{did_you_mean(ref, self.categories)}"
-        )
+        return self.names.index(ref)
+
+    @functools.cached_property
+    def names(self) -> ClassNames:
+        """The names the classes answer to: for ImageNet-1k every WordNet synonym (classnames)."""
+        return ClassNames(self.categories, self.model_name)
 
     def class_name(self, index: int) -> str:
         return str(self.categories[index]) if 0 <= index < len(self.categories) else str(index)

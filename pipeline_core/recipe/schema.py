@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline_core.recipe.loader import entry_model
+from pipeline_core.recipe.loader import LABEL_PATTERN, entry_model
 from pipeline_core.recipe.sections import RecipeModel
 from pipeline_core.registry import Registry
 
@@ -58,7 +58,13 @@ def step_schema(name: str, step_cls: Any) -> dict[str, Any]:
     """The schema of one step entry in a recipe: ``step: NAME`` plus its keys and schedule keys."""
     model = entry_model(step_cls)
     model.model_json_schema(by_alias=True)  # raise here for callers that check one step (check_step)
-    return _entry_schema(model, "step", name, step_cls.__doc__)
+    schema = _entry_schema(model, "step", name, step_cls.__doc__)
+    schema["properties"]["label"] = {
+        "type": "string", "pattern": f"^{LABEL_PATTERN.pattern}$",
+        "description": "A name for this step that --set LABEL.KEY=VALUE and --add-step before:LABEL= use "
+                       "in place of its position (unique in the recipe).",
+    }
+    return schema
 
 
 def writer_schema(name: str, writer_cls: Any) -> dict[str, Any]:

@@ -91,8 +91,9 @@ class PerformanceSection(Section):
     )
     threads: int | None = Field(
         None, ge=1, le=1024,
-        description="CPU threads for PyTorch (default: its own choice). The thread count changes how sums are "
-                    "split, hence the last bits: run.json records it so a replay uses the same.",
+        description="CPU threads for PyTorch (default: the cores not busy with other work when the run starts, "
+                    "at least 1, or OMP_NUM_THREADS where set; --threads N sets it). The thread count changes how "
+                    "sums are split, hence the last bits: run.json records it so a replay uses the same.",
     )
 
 

@@ -7,6 +7,7 @@ recorded too, so an error in one names the command line rather than the file.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,29 @@ RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
+#: an integer of more decimal digits than this is no setting (and Python refuses to print one
+#: past 4300, so a message quoting it would fail)
+MAX_DIGITS = 4000
+
+
+class _TooLong(yaml.MarkedYAMLError):
+    """A number too long to be a setting, with the place it was written."""
+
+
+def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).lstrip("+-").lower()
+    per_digit = {"0x": 1.21, "0b": 0.31, "0o": 0.91}.get(text[:2], 1.0)  # decimal digits per digit
+    if per_digit != 1.0:
+        text = text[2:]
+    digits = math.ceil(sum(ch.isalnum() for ch in text) * per_digit)
+    if digits > MAX_DIGITS:
+        raise _TooLong(None, None, f"a number of {digits} digits: no setting takes a number that long (at most "
+                                   f"{MAX_DIGITS} digits); write the value you mean", node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
 #: A recipe (or run.json) larger than this is not one.
 MAX_RECIPE_BYTES = 16 * 2**20
 
@@ -145,7 +169,9 @@ def _walk(loader: RecipeLoader, root: yaml.Node, file: str) -> dict[PathKey, int
 def _yaml_error(file: str, exc: yaml.YAMLError) -> RecipeError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = " ".join(str(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]).split())
-    if "could not determine a constructor" in str(exc):
+    if isinstance(exc, _TooLong):
+        pass
+    elif "could not determine a constructor" in str(exc):
         tag = str(exc).split("tag '")[-1].split("'")[0] if "tag '" in str(exc) else "?"
         tag = tag.replace("tag:yaml.org,2002:", "!!")
         problem = f"the YAML tag '{tag}' is not allowed: recipes hold plain data only (remove the tag)"
@@ -251,7 +277,14 @@ def _label(text: str) -> str:
     return getattr(text, "shown", None) or f"--set {text}"
 
 
+class AddStep(Override):
+    """An ``--add-step [before:REF=|after:REF=]MAPPING`` option: a step put into the recipe's list."""
+
+
 def apply_override(source: Source, text: str) -> None:
+    if isinstance(text, AddStep):
+        add_step(source, text)
+        return
     label = _label(text)
     try:
         parts, value = parse_override(text)
@@ -261,6 +294,7 @@ def apply_override(source: Source, text: str) -> None:
         raise RecipeError(exc.message.replace(f"--set {text}", label, 1)) from None
     if not isinstance(source.data, dict):
         return
+    parts = step_path(source.data, parts, label)
     target: Any = source.data
     for depth, part in enumerate(parts[:-1]):
         where = ".".join(map(str, parts[: depth + 1]))
@@ -301,3 +335,112 @@ def _list_index(label: str, where: str, part: Any, items: list) -> int:
         span = f"positions 0..{len(items) - 1}" if items else "no positions (it is empty)"
         raise RecipeError(f"{label}: '{where}' does not exist in the recipe: '{parent}' has {span}")
     return part
+
+
+# -- steps by name ---------------------------------------------------------------------------
+
+
+def _steps(data: Any) -> list[Any]:
+    steps = data.get("steps") if isinstance(data, dict) else None
+    return steps if isinstance(steps, list) else []
+
+
+def step_refs(steps: list[Any]) -> list[str]:
+    """How each step can be addressed, for messages: 'steps.3 (label: warm)' or 'steps.5 (adam)'."""
+    out = []
+    for i, raw in enumerate(steps):
+        if not isinstance(raw, dict):
+            continue
+        name = raw.get("label") if isinstance(raw.get("label"), str) else raw.get("step")
+        out.append(f"steps.{i} ({'label: ' if 'label' in raw else ''}{name})")
+    return out
+
+
+def find_step(steps: list[Any], ref: Any, label: str) -> int | None:
+    """The position of the step ``ref`` names: a position, a ``label:`` (labels come first), or
+    the ``step:`` name of exactly one step. None when it names no step; an ambiguous name is an
+    error listing every candidate's position and label."""
+    if isinstance(ref, int):
+        return ref
+    labelled = [i for i, raw in enumerate(steps) if isinstance(raw, dict) and raw.get("label") == ref]
+    if len(labelled) == 1:
+        return labelled[0]
+    named = labelled or [i for i, raw in enumerate(steps) if isinstance(raw, dict) and raw.get("step") == ref]
+    if len(named) > 1:
+        places = ", ".join(f"steps.{i}" + (f" (label: {steps[i]['label']})" if "label" in steps[i] else "")
+                           for i in named)
+        raise RecipeError(f"{label}: '{ref}' names {len(named)} steps ({places}); give one of them a 'label:' "
+                          f"and use it, or give the position (steps.{named[0]})")
+    return named[0] if named else None
+
+
+def step_path(data: Any, parts: list[Any], label: str) -> list[Any]:
+    """A dotted key with its step named as a position: ``adam.lr`` and ``steps.adam.lr`` become
+    ``steps.5.lr`` when the recipe's only adam step (or its step labelled adam) is at position 5.
+    A first part that is one of the recipe's own keys keeps its meaning."""
+    steps = _steps(data)
+    if len(parts) >= 2 and parts[0] == "steps" and isinstance(parts[1], str) and steps:
+        index = find_step(steps, parts[1], label)
+        if index is None:
+            raise RecipeError(f"{label}: no step is labelled or named '{parts[1]}'; the steps are "
+                              f"{', '.join(step_refs(steps))}")
+        return ["steps", index, *parts[2:]]
+    if len(parts) >= 2 and isinstance(parts[0], str) and parts[0] not in data and steps:
+        index = find_step(steps, parts[0], label)
+        if index is not None:
+            return ["steps", index, *parts[1:]]
+    return parts
+
+
+def _shift_steps(source: Source, at: int) -> None:
+    """Lines and overrides recorded for steps at ``at`` and after move one place down."""
+    def moved(key: PathKey) -> PathKey:
+        if len(key) >= 2 and key[0] == "steps" and isinstance(key[1], int) and key[1] >= at:
+            return ("steps", key[1] + 1, *key[2:])
+        return key
+
+    source.lines = {moved(k): v for k, v in source.lines.items()}
+    source.overrides = {moved(k): v for k, v in source.overrides.items()}
+
+
+def add_step(source: Source, text: AddStep) -> None:
+    """Put the step ``text`` describes into the recipe: at the end, or ``before:REF=`` /
+    ``after:REF=`` a step named as ``--set`` names one (a label, a unique step name, a position)."""
+    label = text.shown
+    body, where, ref = str(text), None, None
+    head = re.match(r"\s*(before|after):([^=]*)=", body)
+    if head:
+        where, ref, body = head.group(1), head.group(2).strip(), body[head.end():]
+        if not ref:
+            raise RecipeError(f"{label}: name the step after '{where}:' (a label, a step name or a position), "
+                              f"e.g. --add-step '{where}:adam={{step: blur}}'")
+    try:
+        value = load_yaml(body) if body.strip() else None
+    except yaml.YAMLError as exc:
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise RecipeError(f"{label}: the step is not valid YAML ({why})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise RecipeError(f"{label}: the step cannot be read ({exc})") from None
+    if not isinstance(value, dict) or "step" not in value:
+        squeezed = isinstance(value, dict) and any(isinstance(k, str) and ":" in k for k in value)
+        raise RecipeError(f"{label}: expected a step as a YAML mapping with a 'step' key, e.g. "
+                          "--add-step '{step: blur, sigma: 1}' (before:REF= or after:REF= in front to place it)"
+                          + ("; YAML needs a space after each ':'" if squeezed else ""))
+    if not isinstance(source.data, dict):
+        return
+    if source.data.get("steps") is None:
+        source.data["steps"] = []
+    steps = source.data["steps"]
+    if not isinstance(steps, list):
+        raise RecipeError(f"{label}: the recipe's 'steps' is not a list")
+    at = len(steps)
+    if where is not None:
+        index = find_step(steps, _index(ref), label)
+        if index is None or index >= len(steps):
+            raise RecipeError(f"{label}: no step is labelled or named '{ref}'"
+                              + (f"; the steps are {', '.join(step_refs(steps))}" if steps else
+                                 "; the recipe has no steps"))
+        at = index if where == "before" else index + 1
+    _shift_steps(source, at)
+    steps.insert(at, value)
+    source.overrides[("steps", at)] = label

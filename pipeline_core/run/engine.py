@@ -34,6 +34,7 @@ from pipeline_core.run.faults import cpu_oom_message, cpu_out_of_memory, failure
 from pipeline_core.run.folder import RunFolder, primary_targets
 from pipeline_core.run.interrupts import StopFlag, graceful_stop
 from pipeline_core.run.record import RunLock, read_record
+from pipeline_core.run.threads import using_threads
 from pipeline_core.run.loop import Loop, StepGroups, emit
 from pipeline_core.run.progress import Progress
 from pipeline_core.step import Step, StepKind
@@ -204,14 +205,11 @@ class Run:
     def execute(self) -> RunResult:
         """Run to the end, whatever happens."""
         t_start = time.perf_counter()
-        threads_before = torch.get_num_threads()
-        if self.recipe.model.performance.threads:
-            torch.set_num_threads(self.recipe.model.performance.threads)
-        try:
+        # the recipe's count, or the free cores (run.json records it, so a replay uses the same);
+        # the process's own setting is given back for whatever runs next
+        with using_threads(self.recipe.model.performance.threads):
             with graceful_stop() as stop:  # from the first moment: a Ctrl-C while run.json is begun still stops cleanly
                 return self._execute(t_start, stop)
-        finally:
-            torch.set_num_threads(threads_before)  # the process's setting, for whatever runs next
 
     def _execute(self, t_start: float, stop: StopFlag) -> RunResult:
         try:
@@ -323,6 +321,10 @@ class Run:
         """The init steps' image (or the checkpoint's), inside the parameterisation step's map."""
         if self.resume is not None:
             image = self.resume.image.to(self.device)
+            for s in self.groups.by_kind[StepKind.INIT]:  # photos kept whole on a shared canvas: their frames
+                frames = getattr(s.step, "frames", None)
+                if frames:
+                    ctx.state["frames"] = list(frames) * (ctx.batch // len(frames))
         else:
             image = None
             for s in self.groups.by_kind[StepKind.INIT]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline_core.context import RunContext
@@ -28,6 +29,7 @@ from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
+from pipeline_core.run import confine
 from pipeline_core.run.checkpoint import Checkpoint, join_segments, save_checkpoint, trim_video
 from pipeline_core.run.record import RunRecord, check_free_space, new_run_id, save_png, versions
 from pipeline_core.run.faults import step_label
@@ -95,6 +97,17 @@ class RunFolder:
         resolved = recipe.resolved()
         resolved.setdefault("performance", {})["threads"] = torch.get_num_threads()
         source = Path(recipe.source.file)
+        if spec.weights:
+            weights = str(spec.weights)
+        elif spec.kwargs.get("pretrained") is False:
+            weights = "random (model.kwargs.pretrained: false)"
+        else:  # the name's own: torchvision's ImageNet weights, timm's pretrained ones, a plugin's
+            weights = "timm pretrained" if spec.name.startswith("timm:") else "torchvision default"
+        model: dict[str, Any] = {"name": spec.name, "weights": weights,
+                                 "mean": list(info.mean), "std": list(info.std), "size": info.size}
+        if recipe.model_note is not None:  # lent from Python: no file or name rebuilds it
+            model["weights"] = "in memory"
+            model["in_memory"] = recipe.model_note
         return {
             "status": "running",
             # what a checkpoint must carry to be resumed under this record (a resume keeps it)
@@ -110,9 +123,7 @@ class RunFolder:
             "iterations": recipe.plan.iterations,
             "iterations_done": 0,
             "batch": recipe.plan.batch,
-            "model": {"name": spec.name,
-                      "weights": str(spec.weights) if spec.weights else "torchvision default",
-                      "mean": list(info.mean), "std": list(info.std), "size": info.size},
+            "model": model,
         }
 
     def _carry_over(self) -> None:
@@ -133,8 +144,10 @@ class RunFolder:
         data["checkpoint"] = {"file": "checkpoint.pt", "iteration": self.resume.iteration}
 
     def check_space(self, ctx: RunContext) -> None:
-        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound)."""
+        """Refuse to start when the run folder's disk cannot take the outputs (rough upper bound), or
+        when its images would be written through a link out of it (found now, not at the end)."""
         assert ctx.param is not None
+        confine.inside(self.run_dir, "images")
         out, plan = self.recipe.model.output, self.recipe.plan
         pixels = ctx.param.image().numel()
         state = sum(v.numel() for v in ctx.param.state_dict().values())
@@ -238,14 +251,24 @@ class RunFolder:
         big to score (a run that failed for lack of memory) still leaves its images."""
         assert ctx.param is not None
         final = ctx.param.image().detach().float().clamp(0, 1)
-        images_dir = self.run_dir / "images"
+        # never through a link out of the run folder (confine says why)
+        images_dir = confine.inside(self.run_dir, "images")
         pics = to_uint8(final)
+        # photos of other shapes kept whole on one canvas (init-image's fit: whole): each PNG is
+        # its own photo's frame, (top, left, height, width) as fractions of the canvas; grid.png
+        # shows the canvas
+        frames = ctx.state.get("frames") or [None] * pics.shape[0]
+        H, W = pics.shape[1:3]
         names = []
         for i in range(pics.shape[0]):
             targets = self.targets[i]
             label = targets[-1]["name"] if targets else self.labels[i] or "image"
             names.append(f"{i:03d}_{_slug(label)}.png")
-            save_png(images_dir / names[-1], pics[i])
+            pic = pics[i]
+            if frames[i] is not None:
+                top, left = round(frames[i][0] * H), round(frames[i][1] * W)
+                pic = pic[top:top + max(1, round(frames[i][2] * H)), left:left + max(1, round(frames[i][3] * W))]
+            save_png(images_dir / names[-1], np.ascontiguousarray(pic))
         columns = self.recipe.model.output.columns
         tile = auto_tile(final.shape[0], max(final.shape[-2:]), False, columns, budget=MAX_GRID_SIDE)
         save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
 import re
@@ -130,7 +131,9 @@ def _pid_alive(pid: int) -> bool:
 def _lock_owner(path: Path) -> tuple[int, str] | None:
     """(pid, host) written in a lock file; None if it holds anything else."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")[:200]
+        from pipeline_core import regular
+
+        text = regular.read_text(path, errors="replace")[:200]  # never waits on a FIFO
     except OSError:
         return None
     found = re.fullmatch(r"\s*(\d{1,10})(?:\s+(\S+))?\s*", text)
@@ -176,7 +179,13 @@ class RunLock:
     def _take(self) -> None:
         mine = f"{os.getpid()} {socket.gethostname()}\n".encode()
         for _attempt in range(5):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: truncating it would empty the file it points at
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise OutputError(f"{self.path} is a symbolic link, not a run's lock; remove it (the file it "
+                                  "points at is left alone)") from None
             try:
                 if fcntl is not None:
                     try:
@@ -270,32 +279,35 @@ _IMAGE_NAME = re.compile(r"(\d{3}_[a-z0-9-]+|grid)\.png")
 
 def clear_old_run(path: Path) -> None:
     """Remove every file an earlier run left in ``path`` (for ``--force``): its record, checkpoint,
-    video and its segments, images and what its writers listed. Files that are not a run's stay."""
-    root = path.resolve()
-    doomed: set[Path] = set()
+    video and its segments, images and what its writers listed. Files that are not a run's stay.
+
+    Every removal goes through :mod:`pipeline_core.run.confine`: a symbolic link among them (an
+    ``images`` that points at a folder of the user's pictures) is removed as a link, and nothing
+    outside ``path`` is ever removed, whatever run.json lists."""
+    from pipeline_core import regular
+    from pipeline_core.run import confine
+
+    doomed: set[str] = set()
     try:
-        record = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        record = json.loads(regular.read_text(path / "run.json"))  # a FIFO is not waited on
     except (OSError, ValueError):
         record = None
     listed = record.get("files") if isinstance(record, dict) else None
     for name in listed if isinstance(listed, list) else []:
-        if isinstance(name, str) and name:
-            target = (path / name).resolve()
-            if target != root and root in target.parents and target.name != LOCK:
-                doomed.add(target)
-    doomed.update(path / name for name in _RUN_FILES)
+        if isinstance(name, str) and name and Path(name).name != LOCK:
+            doomed.add(name)  # confine.remove refuses a name that leads out of the folder
+    doomed.update(_RUN_FILES)
+    top = confine.list_dir(path, ".")
     for pattern in _RUN_PATTERNS:
-        doomed.update(path.glob(pattern))
-    images = path / "images"
-    if images.is_dir():
-        doomed.update(p for p in images.iterdir() if _IMAGE_NAME.fullmatch(p.name) or p.name.endswith(".png.tmp"))
-        doomed.update(images.glob(".*.tmp"))
+        doomed.update(n for n in top if fnmatch.fnmatchcase(n, pattern))
+    for name in confine.list_dir(path, "images"):  # none when images is a link: the link goes, not its files
+        if _IMAGE_NAME.fullmatch(name) or name.endswith(".png.tmp") or (name.startswith(".") and name.endswith(".tmp")):
+            doomed.add(f"images/{name}")
     try:
-        for target in doomed:
-            if target.is_file() or target.is_symlink():
-                target.unlink()
-        if images.is_dir() and not any(images.iterdir()):
-            images.rmdir()
+        for name in sorted(doomed):
+            confine.remove(path, name)
+        if not confine.list_dir(path, "images"):
+            confine.remove_empty_dir(path, "images")
     except OSError as exc:
         raise OutputError(f"--force cannot remove the old run's files in {path}: {_why(exc)}") from None
 
@@ -321,14 +333,18 @@ def prepare_run_dir(path: Path, force: bool) -> Path:
         if taken:
             clear_old_run(path)
         try:
+            from pipeline_core.run import confine
+
             probe = path / ".write-test"
+            confine.remove(path, probe.name)  # a link left there is removed, never written through
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
-                with open(probe, "wb") as fh:
+                with os.fdopen(fd, "wb") as fh:
                     fh.write(b"0" * 65536)
                     fh.flush()
                     os.fsync(fh.fileno())
             finally:
-                probe.unlink(missing_ok=True)
+                confine.remove(path, probe.name)
         except OSError as exc:
             raise OutputError(f"cannot write to the run folder {path}: {_why(exc)}") from None
     return path
@@ -364,8 +380,15 @@ def check_free_space(path: Path, need: int) -> None:
         )
 
 
-def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
-    """runs/NAME, or runs/NAME-2, -3... : a new folder that is not there yet or is empty."""
+def default_run_dir(name: str, root: Path | None = None) -> Path:
+    """runs/NAME, or runs/NAME-2, -3... : a new folder that is not there yet or is empty. ``runs`` is
+    in the current folder, or beside the run folder the current folder is in (never inside a run)."""
+    from pipeline_core.run.confine import name_problem, outputs_root
+
+    if root is None:
+        root = outputs_root()
+    if name_problem(name):
+        name = "run"
     candidate = root / name
     n = 2
     while candidate.exists() and (not candidate.is_dir() or _contents(candidate)):
@@ -376,9 +399,13 @@ def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
 
 def read_record(run_dir: Path) -> dict[str, Any]:
     """A run folder's run.json as a mapping; RecipeError (one line) if it is not a run record."""
+    from pipeline_core import regular
     from pipeline_core.errors import RecipeError
 
     path = run_dir / "run.json"
+    kind = regular.problem(path)
+    if kind:
+        raise RecipeError(f"{path} is {kind}, not a run record; remove it (a run writes a regular file)")
     if not path.is_file():
         raise RecipeError(f"{run_dir} holds no run: it has no run.json")
     try:

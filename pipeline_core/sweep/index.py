@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline_core import regular
 from pipeline_core.run.record import atomic_write_json
 from pipeline_core.sweep.plan import Batch, SweepPlan
 
@@ -31,7 +32,7 @@ FILE = "sweep.json"
 
 def read_run_record(run_dir: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        data = json.loads(regular.read_text(run_dir / "run.json"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -54,7 +55,7 @@ def batch_state(run_dir: Path) -> str:
 
 def read_index(sweep_dir: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((sweep_dir / FILE).read_text(encoding="utf-8"))
+        data = json.loads(regular.read_text(sweep_dir / FILE))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -26,18 +26,24 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.objectives import ClassObjective
 from pipeline_core.recipe.loader import Recipe, load_recipe
 from pipeline_core.recipe.sections import MAX_BATCH
-from pipeline_core.recipe.source import Override
+from pipeline_core.recipe.source import Override, step_path
 from pipeline_core.registry import Registry
+from pipeline_core.sweep.contents import read_files
 from pipeline_core.sweep.spec import MAX_JOBS, Axis, SweepSpec, range_values
+
+
+#: a sweep of more jobs than this is refused unless --max-jobs allows it (it would take days)
+LARGE_SWEEP = 100_000
 
 
 @dataclass
@@ -89,7 +95,8 @@ class SweepPlan:
 
 
 def _target_step(base: Recipe, axis: Axis) -> bool:
-    parts = axis.parts
+    # a step named by label or name (L1-loss.target) is the same step as its position
+    parts = step_path(base.source.data, axis.parts, axis.where.file or axis.key)
     if len(parts) != 3 or parts[0] != "steps" or parts[2] != "target" or not isinstance(parts[1], int):
         return False
     return parts[1] < len(base.steps) and issubclass(base.steps[parts[1]].cls, ClassObjective)
@@ -98,7 +105,13 @@ def _target_step(base: Recipe, axis: Axis) -> bool:
 def resolve_axes(spec: SweepSpec, base: Recipe) -> list[ResolvedAxis]:
     out = []
     n_classes = len(base.plan.categories)
+    same: dict[str, str] = {}  # a step named two ways (adam.lr, steps.4.lr) is one setting, not two axes
     for axis in spec.axes:
+        canonical = ".".join(map(str, step_path(base.source.data, axis.parts, axis.where.file or axis.key)))
+        if canonical in same:
+            raise RecipeError(f"the axes '{same[canonical]}' and '{axis.key}' both set {canonical}; keep one "
+                              "(--axis replaces an axis given by the same key)", axis.where)
+        same[canonical] = axis.key
         per_image = _target_step(base, axis)
         values = axis.raw
         if isinstance(values, str):  # 'all' or a range: a class objective's target only
@@ -144,18 +157,39 @@ def _slug(text: str) -> str:
 
 def fingerprint(base: Recipe, overrides: Sequence[str]) -> str:
     """A hash of the recipe a batch runs (the device aside: the same batch on another card is the
-    same batch), so a folder holding a finished run of it can be trusted and skipped."""
+    same batch) and of the contents of every file it reads (the weights, the photos: one
+    overwritten in place makes another batch), so a folder holding a finished run of it can be
+    trusted and skipped."""
     resolved = base.resolved()
     resolved.pop("device", None)
-    text = json.dumps({"recipe": resolved, "overrides": list(overrides)}, sort_keys=True, default=str)
+    read = {**read_files(resolved), **read_files({"overrides": [_override_value(o) for o in overrides]})}
+    text = json.dumps({"recipe": resolved, "overrides": list(overrides), "contents": read}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _override_value(override: str) -> Any:
+    """The value of a KEY=VALUE override, with a relative path made absolute as --set reads it."""
+    text = str(override).partition("=")[2]
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.isfile(value):
+        value = os.path.abspath(value)
+    return value
+
+
 def make_plan(spec: SweepSpec, registry: Registry, sets: Sequence[str] = (), batch_size: int | None = None,
-              check: bool = True) -> SweepPlan:
+              check: bool = True, max_jobs: int = LARGE_SWEEP,
+              announce: Callable[[int], None] | None = None) -> SweepPlan:
     """Every job and batch of the sweep. ``batch_size`` is the images per run of the per-image axes
     (a number from the sweep file, or what ``batch: auto`` settled on); ``check`` loads the first
-    and last batch of every setting, so a bad value fails now, not hours into the sweep."""
+    and last batch of every setting, so a bad value fails now, not hours into the sweep.
+
+    The number of jobs is known from the axes alone: ``announce`` hears it before anything is
+    built, and a sweep of more than ``max_jobs`` (``--max-jobs``) is refused then, before its
+    jobs take the memory, since it would not finish in any time a user waits for."""
     base = load_recipe(spec.recipe, registry, list(sets))
     axes = resolve_axes(spec, base)
     scalar = [a for a in axes if not a.per_image]
@@ -163,9 +197,15 @@ def make_plan(spec: SweepSpec, registry: Registry, sets: Sequence[str] = (), bat
     n = 1
     for a in axes:
         n *= len(a.values)
+    if announce is not None:
+        announce(n)
     if n > MAX_JOBS:
         raise RecipeError(f"the sweep has {n} jobs, more than {MAX_JOBS}; split it with --axis",
                           Location(file=str(spec.file)))
+    if n > max_jobs:
+        raise RecipeError(f"the sweep has {n} jobs, more than --max-jobs {max_jobs} (at a few seconds a job on a "
+                          f"GPU that is days of work); run a part of it with --axis (such as --axis target=0-99), "
+                          f"or pass --max-jobs {n} to run all of it", Location(file=str(spec.file)))
     size = None
     if per_image:
         size = batch_size if isinstance(batch_size, int) else (spec.batch if isinstance(spec.batch, int) else 1)
@@ -260,4 +300,7 @@ def load_batch(plan: SweepPlan, batch: Batch, registry: Registry, sets: Sequence
 
 
 def batch_dir(sweep_dir: Path, batch: Batch) -> Path:
-    return sweep_dir / batch.folder
+    """The batch's run folder inside the sweep folder; OutputError if the way there passes a link."""
+    from pipeline_core.run.confine import inside
+
+    return inside(sweep_dir, batch.folder, f"the batch folder {sweep_dir / batch.folder}")

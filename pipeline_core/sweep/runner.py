@@ -26,7 +26,7 @@ import torch
 from pipeline_core.errors import PipelineError
 from pipeline_core.run.progress import Progress
 from pipeline_core.sweep import index as sweep_index
-from pipeline_core.sweep.plan import Batch, SweepPlan, load_batch
+from pipeline_core.sweep.plan import Batch, SweepPlan, batch_dir, load_batch
 from pipeline_core.sweep.shard import RankStatus, World, read_statuses
 
 
@@ -63,7 +63,7 @@ def run_batch(plan: SweepPlan, batch: Batch, sweep_dir: Path, registry: Any, set
     from pipeline_core.run.engine import Run, prepare_resume
     from pipeline_core.run.record import RunLock, prepare_run_dir, run_lock
 
-    run_dir = sweep_dir / batch.folder
+    run_dir = batch_dir(sweep_dir, batch)  # never through a link out of the sweep folder
     state = sweep_index.batch_state(run_dir)
     if state == "completed" and not force:
         return Outcome("skipped")

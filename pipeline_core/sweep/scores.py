@@ -37,9 +37,11 @@ def evaluate_sweep(sweep_dir: Path, models: Sequence[EvalModel], registry: Regis
     """
     from pipeline_core.run.device import pick_device
 
+    from pipeline_core import regular
+
     path = sweep_dir / SWEEP_FILE
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(regular.read_text(path))  # a FIFO is refused, never waited on
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{path} cannot be read as a sweep index ({type(exc).__name__})") from None
     if not isinstance(index, dict) or not isinstance(index.get("jobs"), list):

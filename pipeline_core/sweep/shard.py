@@ -38,7 +38,8 @@ from typing import Any, Sequence
 
 import torch
 
-from pipeline_core.errors import RecipeError
+from pipeline_core import regular
+from pipeline_core.errors import PipelineError, RecipeError
 from pipeline_core.run.record import atomic_write_json
 
 STATUS_DIR = ".ranks"
@@ -118,7 +119,9 @@ def new_token() -> str:
 
 
 def status_path(sweep_dir: Path, rank: int) -> Path:
-    return sweep_dir / STATUS_DIR / f"rank-{rank:05d}.json"
+    from pipeline_core.run.confine import inside
+
+    return inside(sweep_dir, f"{STATUS_DIR}/rank-{rank:05d}.json")
 
 
 @dataclass
@@ -157,8 +160,8 @@ def read_statuses(sweep_dir: Path, world: World, token: str) -> list[dict[str, A
     out: list[dict[str, Any] | None] = []
     for rank in range(world.size):
         try:
-            data = json.loads(status_path(sweep_dir, rank).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json.loads(regular.read_text(status_path(sweep_dir, rank)))
+        except (OSError, ValueError, PipelineError):
             data = None
         out.append(data if isinstance(data, dict) and data.get("token") == token else None)
     return out

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline_core.run.confine import inside
 from pipeline_core.run.record import atomic_write_bytes
 
 THUMB = 128
@@ -85,7 +86,7 @@ def write_sheets(sweep_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
     for page, start in enumerate(range(0, len(done), PAGE)):
         items = [(sweep_dir / j["image"], _caption(j, None)) for j in done[start:start + PAGE]]
         rel = f"contact/all-{page:03d}.png"
-        atomic_write_bytes(sweep_dir / rel, draw_sheet(items))
+        atomic_write_bytes(inside(sweep_dir, rel), draw_sheet(items))
         out["overview"].append(rel)
     for key, values in (index.get("axes") or {}).items():
         per_value = len(index.get("jobs", [])) // max(len(values), 1)
@@ -99,7 +100,7 @@ def write_sheets(sweep_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
             if not items:
                 continue
             rel = f"contact/{_slug(short)}/{_slug(_text(value))}.png"
-            atomic_write_bytes(sweep_dir / rel, draw_sheet(items))
+            atomic_write_bytes(inside(sweep_dir, rel), draw_sheet(items))
             sheets[_text(value)] = rel
         out["axes"][key] = sheets
     return out

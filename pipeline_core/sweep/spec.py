@@ -2,7 +2,7 @@
 
 ::
 
-    name: atlas                      # optional; the file's stem otherwise
+    name: atlas                      # optional (a plain name: runs/NAME); the file's stem otherwise
     recipe: atlas_recipe.yaml        # relative to this file
     axes:
       steps.3.target: all            # every class of the model; or 0-99, or [goldfish, 7]
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.recipe.source import Source, load_yaml, parse, read_text
+from pipeline_core.run.confine import check_name
 
 KEYS = ("name", "recipe", "axes", "batch", "description")
 #: a sweep of more jobs than this is a typo (a range of a billion classes), not a plan
@@ -60,16 +61,35 @@ class SweepSpec:
     batch_where: Location = field(default_factory=Location)
 
 
+def range_problem(text: str) -> str | None:
+    """What is wrong with a list of ranges such as ``5-2`` (None when nothing is, or when the text
+    is not written as ranges at all): a range that runs backwards, or one of more classes than a
+    sweep can hold (a typo such as ``0-99999999999``)."""
+    if not isinstance(text, str) or not RANGE.fullmatch(text):
+        return None
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        lo, hi = lo.strip(), (hi or lo).strip()
+        if len(lo) > 12 or len(hi) > 12:
+            return (f"the range {part.strip()} has a bound of more than 12 digits; a range names class "
+                    "indices, such as 0-99")
+        a, b = int(lo), int(hi)
+        if b < a:
+            return f"the range {part.strip()} runs backwards (from {a} down to {b}); write it {b}-{a}"
+        if b - a + 1 > MAX_JOBS:
+            return (f"the range {part.strip()} holds {b - a + 1} classes, more than a sweep's {MAX_JOBS} jobs; "
+                    "give the classes the model has (such as 0-999) or all")
+    return None
+
+
 def range_values(text: str) -> list[int] | None:
     """``0-9,20`` -> [0..9, 20]; None if the text is not such a list of ranges."""
-    if not isinstance(text, str) or not RANGE.fullmatch(text):
+    if not isinstance(text, str) or not RANGE.fullmatch(text) or range_problem(text):
         return None
     values: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi or lo)
-        if b < a or b - a > MAX_JOBS:
-            return None
         values.extend(range(a, b + 1))
     return values
 
@@ -86,6 +106,9 @@ def _check_values(key: str, raw: Any, where: Location) -> Any:
                 raise RecipeError(f"the axis '{key}' lists {value!r} twice; keep one", where)
             seen.append(value)
         return raw
+    problem = range_problem(raw) if isinstance(raw, str) else None
+    if problem:
+        raise RecipeError(f"the axis '{key}': {problem}", where)
     if isinstance(raw, str) and (raw.strip().lower() == "all" or range_values(raw) is not None):
         return raw.strip()
     if isinstance(raw, (dict, type(None))):
@@ -152,6 +175,9 @@ def load_sweep(path: str | Path, axis_options: Sequence[str] = (), batch_option:
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise RecipeError("name must be a text", at("name"))
+    # the sweep's folder is runs/NAME: a path here would write the sweep outside runs/
+    name = check_name(name, "name:", at("name") if "name" in data else Location(file=shown),
+                      fix="; write a plain name like 'atlas', or choose the folder with --out")
     description = data.get("description", "")
     return SweepSpec(file=path, name=name.strip(), recipe=recipe_path, axes=axes, batch=batch, source=source,
                      description=str(description or ""), batch_where=batch_where)
