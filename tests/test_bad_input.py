@@ -28,7 +28,7 @@ from PIL import Image
 import pipeline_core.commands.cli as cli
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
-from pipeline_core.testing import make_registry, run_recipe_dict, tiny_recipe
+from pipeline_core.testing import run_recipe_dict, tiny_recipe
 
 #: A valid recipe on the tiny model; the cases below change one thing in it. Line numbers:
 BASE = """\
@@ -435,9 +435,7 @@ def paused_run(run_dir: Path, registry, at: int = 1, **changes: Any) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry(StopAtPlugin())
+pytestmark = pytest.mark.plugins(StopAtPlugin())
 
 
 def _variant(folder: Path, source: str, name: str, record: Callable[[Any], Any] | None = None,
@@ -598,6 +596,7 @@ def test_grayscale_rgba_palette_and_16_bit_photos_work(in_process, capsys, tmp_p
     assert gray.std() > 20 and deep.std() > 20
 
 
+@pytest.mark.slow
 def test_a_recipe_tag_never_runs_anything_through_the_real_command(cli, tmp_path):
     marker = tmp_path / "hacked"
     recipe = tmp_path / "evil.yaml"
@@ -609,6 +608,7 @@ def test_a_recipe_tag_never_runs_anything_through_the_real_command(cli, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_unknown_step_through_the_real_command(cli, tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe()).replace("gradient-step", "gradient-stpe"), encoding="utf-8")

@@ -20,7 +20,7 @@ import yaml
 from conftest import MOBILENET, ROOT
 from pipeline_core.commands.bench import BenchReport, bench, compare_images
 from pipeline_core.commands.measure import MemoryWatch
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 
 BENCH_RECIPE = ROOT / "benchmarks" / "mobilenet_cpu.yaml"
 
@@ -31,7 +31,7 @@ def _recipe_file(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_bench_on_the_tiny_model_reports_every_figure_and_identical_images(tmp_path):
+def test_bench_on_the_tiny_model_reports_every_figure_and_identical_images(tmp_path, registry):
     recipe = _recipe_file(
         tmp_path,
         steps=[
@@ -46,7 +46,7 @@ def test_bench_on_the_tiny_model_reports_every_figure_and_identical_images(tmp_p
         output={"video": True, "frame_every": 1},
     )
     echoed: list[str] = []
-    report = bench(recipe, make_registry(), iterations=2, warmup=1, rounds=2, echo=echoed.append)
+    report = bench(recipe, registry, iterations=2, warmup=1, rounds=2, echo=echoed.append)
     assert isinstance(report, BenchReport)
     assert len(report.engine) == len(report.bare) == 2
     assert report.batch == 2 and report.iterations == 2 and report.video and report.frame_every == 1
@@ -72,9 +72,9 @@ def test_bench_on_the_tiny_model_reports_every_figure_and_identical_images(tmp_p
     assert data["machine"]["torch"] == torch.__version__
 
 
-def test_bench_keeps_the_recipe_iterations_when_asked_and_honours_video_off(tmp_path):
+def test_bench_keeps_the_recipe_iterations_when_asked_and_honours_video_off(tmp_path, registry):
     recipe = _recipe_file(tmp_path, iterations=3)
-    report = bench(recipe, make_registry(), iterations=None, warmup=0, rounds=1)
+    report = bench(recipe, registry, iterations=None, warmup=0, rounds=1)
     assert report.iterations == 3 and not report.video and report.frame_every is None
     assert report.engine[0].frames == 0
     assert report.agreement is not None and report.agreement.identical
@@ -106,6 +106,7 @@ def test_memory_watch_sees_a_peak_inside_the_block_only():
 # -- the command line and the benchmark script, on the real MobileNetV2 ----------------------------------
 
 
+@pytest.mark.slow
 def test_pipeline_bench_command_prints_the_figures_and_writes_json(cli, mobilenet_path, tmp_path):
     out = tmp_path / "bench.json"
     proc = cli("bench", str(BENCH_RECIPE), "--set", f"model.weights={mobilenet_path}", "--iterations", "2",
@@ -127,6 +128,7 @@ def test_pipeline_bench_rejects_a_bad_count_in_one_line(cli, tmp_path):
     assert "--iterations" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_script_hand_written_loop_matches_the_engine(mobilenet_path, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -141,7 +143,7 @@ def test_benchmark_script_hand_written_loop_matches_the_engine(mobilenet_path, t
     assert data["ratio"] > 0 and data["encoder_process_cpu_seconds"] is not None
 
 
-def test_gpu_suite_recipes_are_valid_and_fit_the_hand_written_loop(tmp_path):
+def test_gpu_suite_recipes_are_valid_and_fit_the_hand_written_loop(tmp_path, registry):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import bench as script
@@ -152,7 +154,7 @@ def test_gpu_suite_recipes_are_valid_and_fit_the_hand_written_loop(tmp_path):
     weights = script._inception_weights(tmp_path)
     for batch, precision in ((1, "fp32"), (64, "bf16")):
         path = script.gpu_recipe(tmp_path, weights, batch, precision, iterations=50, frame_every=10, tile=128)
-        recipe = load_recipe(path, make_registry())
+        recipe = load_recipe(path, registry)
         assert recipe.plan.batch == batch and recipe.model_info.size == 299 and recipe.model_spec.name == "inception_v3"
         perf = recipe.model.performance
         assert perf.precision == precision and perf.channels_last == (precision != "fp32")

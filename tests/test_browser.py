@@ -1,4 +1,4 @@
-"""The report and the atlas in a real browser: Debian's chromium, headless, over its DevTools pipe.
+"""The report and the atlas in a real browser: Debian's chromium, headless, driven by Playwright.
 
 One real run of the real MobileNetV2 (the CLI in a subprocess, with ``pipeline evaluate`` after
 it), one hand-written sweep.json around that run's PNGs; each page is opened from file:// with
@@ -7,20 +7,17 @@ video playable for frames / fps seconds, the numbers on the page those of run.js
 evaluation.json. A screenshot of each page is kept in runs/test-screenshots/ (and the report's
 copied to docs/images/report_screenshot.png with PIPELINE_UPDATE_DOCS_SCREENSHOT=1).
 
-The browser is driven through ``--remote-debugging-pipe`` (JSON messages on file descriptors
-3 and 4), so no port, no extra package and nothing that downloads a browser.
+Playwright for Python (the ``test`` extra) drives the chromium found on PATH (or named by
+``PIPELINE_CHROMIUM``); it never downloads a browser of its own.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -28,8 +25,19 @@ import yaml
 import pipeline_core.commands.cli as cli
 from conftest import MOBILENET_SETS, ROOT, run_cli
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+CHROMIUM = os.environ.get("PIPELINE_CHROMIUM") or next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="Playwright is not installed (pip install '.[test]' installs it)")
+
+#: chromium's switches for a quiet, offline, headless page (Playwright adds --headless itself)
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-extensions",
+         "--disable-sync", "--no-first-run", "--no-default-browser-check", "--mute-audio",
+         "--autoplay-policy=no-user-gesture-required"]
 
 #: where every test run leaves its screenshots (runs/ is ignored by git); the docs' picture of a
 #: report is refreshed from here only on request (PIPELINE_UPDATE_DOCS_SCREENSHOT=1), so a test
@@ -48,137 +56,47 @@ def _keep(shot: Path, name: str) -> None:
         pass
 
 
-class Browser:
-    """A headless chromium and one page, spoken to with the DevTools protocol over a pipe."""
+class Page:
+    """One browser page and what went wrong on it: console errors, uncaught exceptions, failed
+    loads, and every URL it asked for (so a test can say the page stayed offline)."""
 
-    def __init__(self, profile: Path):
-        to_chrome_r, self._to_chrome = os.pipe()
-        self._from_chrome, from_chrome_w = os.pipe()
+    def __init__(self, page: Any):
+        self.page = page
+        self.problems: list[str] = []
+        self.urls: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"exception: {error}"))
+        page.on("requestfailed", lambda request: self.problems.append(f"failed to load: {request.url} {request.failure}"))
+        page.on("request", lambda request: self.urls.append(request.url))
 
-        def fds() -> None:  # in the child: chromium reads commands on fd 3 and answers on fd 4
-            import fcntl
-
-            r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome_r, from_chrome_w))
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
-             "--mute-audio", "--hide-scrollbars", "--autoplay-policy=no-user-gesture-required",
-             f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"],
-            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
-        self._buffer = b""
-        self._id = 0
-        self.events: list[dict[str, Any]] = []
-        targets = self.call("Target.getTargets")["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.call(f"{domain}.enable", session=True)
-
-    def _read(self, timeout: float) -> dict[str, Any]:
-        import select
-
-        deadline = time.monotonic() + timeout
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
-                raise TimeoutError("chromium did not answer in time")
-            chunk = os.read(self._from_chrome, 1 << 16)
-            if not chunk:
-                raise RuntimeError("chromium closed its DevTools pipe")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, session: bool = False, timeout: float = 30, **params: Any) -> dict[str, Any]:
-        self._id += 1
-        message: dict[str, Any] = {"id": self._id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = self.session
-        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
-        while True:
-            answer = self._read(timeout)
-            if answer.get("id") == self._id:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error']}")
-                return answer.get("result", {})
-            self.events.append(answer)
-
-    def wait_for(self, method: str, timeout: float = 30) -> dict[str, Any]:
-        for i, event in enumerate(self.events):
-            if event.get("method") == method:
-                return self.events.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._read(max(0.1, deadline - time.monotonic()))
-            if event.get("method") == method:
-                return event
-            self.events.append(event)
+    def _console(self, message: Any) -> None:
+        if message.type in ("error", "assert"):
+            self.problems.append(f"console.{message.type}: {message.text}")
 
     def open(self, url: str) -> None:
-        self.events.clear()
-        self.call("Page.navigate", session=True, url=url)
-        self.wait_for("Page.loadEventFired")
+        self.problems.clear()
+        self.urls.clear()
+        self.page.goto(url, wait_until="load")
 
-    def js(self, expression: str, timeout: float = 30) -> Any:
-        result = self.call("Runtime.evaluate", session=True, timeout=timeout, expression=expression,
-                           awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise AssertionError(f"script failed: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and failed loads seen since the page was opened."""
-        found = []
-        for e in self.events:
-            method, p = e.get("method"), e.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                found.append(f"exception: {p['exceptionDetails'].get('text')}")
-            elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                found.append(f"console.{p['type']}: {p.get('args')}")
-            elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
-                found.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
-            elif method == "Network.loadingFailed":
-                found.append(f"failed to load: {p.get('errorText')}")
-        return found
-
-    def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+    def js(self, expression: str) -> Any:
+        """The value of a script (a promise is awaited)."""
+        return self.page.evaluate(expression)
 
     def screenshot(self, path: Path, before: str | None = None) -> None:
-        """The whole page as a PNG; ``before``, a script (a promise) run once it is laid out at full height."""
-        size = self.js("({w: document.documentElement.scrollWidth, h: document.documentElement.scrollHeight})")
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=1280, height=min(size["h"], 6000),
-                  deviceScaleFactor=1, mobile=False)
+        """The whole page as a PNG; ``before``, a script (a promise) run first."""
         if before:
             self.js(before)
-        data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True)["data"]
-        path.write_bytes(base64.b64decode(data))
-        self.call("Emulation.clearDeviceMetricsOverride", session=True)
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 - it is going away either way
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_chrome)
-        os.close(self._from_chrome)
+        self.page.screenshot(path=str(path), full_page=True)
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
-    yield b
-    b.close()
+def browser() -> Iterator[Page]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield Page(chromium.new_page(viewport={"width": 1280, "height": 900}))
+        finally:
+            chromium.close()
 
 
 MODEL = f"mobilenet_v2,weights={Path(MOBILENET_SETS[1].split('=', 1)[1])},mean=0.5,std=0.5,size=224"
@@ -213,13 +131,25 @@ def _record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
 
 
+def test_a_broken_page_is_seen_as_broken(browser, tmp_path):
+    """The watcher itself: what the two pages below must not show, it does see."""
+    page = tmp_path / "broken.html"
+    page.write_text("<img src='missing.png'><script>console.error('drawn wrong'); undefined_name();</script>",
+                    encoding="utf-8")
+    browser.open(page.as_uri())
+    seen = "\n".join(browser.problems)
+    assert "drawn wrong" in seen and "undefined_name" in seen and "missing.png" in seen, browser.problems
+    assert browser.urls == [page.as_uri(), (tmp_path / "missing.png").as_uri()]
+
+
+@pytest.mark.slow
 def test_the_report_loads_offline_with_every_image_the_video_and_run_json_numbers(browser, real_run, tmp_path):
     record = _record(real_run)
     evaluation = json.loads((real_run / "evaluation.json").read_text(encoding="utf-8"))
     browser.open((real_run / "report.html").as_uri())
 
-    assert browser.errors() == []
-    assert all(u.startswith(("file://", "data:")) for u in browser.requests()), browser.requests()
+    assert browser.problems == []
+    assert all(u.startswith(("file://", "data:")) for u in browser.urls), browser.urls
     images = browser.js("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
     assert len(images) == len(record["images"]) and all(ok and width > 0 for _, ok, width in images), images
     video = browser.js("""new Promise(resolve => {
@@ -263,6 +193,7 @@ def test_the_report_loads_offline_with_every_image_the_video_and_run_json_number
     _keep(shot, "report.png")
 
 
+@pytest.mark.slow
 def test_the_atlas_filters_by_class_and_sorts_by_the_independent_score(browser, real_run, tmp_path):
     record = _record(real_run)
     sweep = tmp_path / "sweep"
@@ -288,14 +219,13 @@ def test_the_atlas_filters_by_class_and_sorts_by_the_independent_score(browser, 
     assert done.returncode == 0, done.stderr
     browser.open((sweep / "atlas.html").as_uri())
 
-    assert browser.errors() == []
+    assert browser.problems == []
     images = browser.js("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
     assert images == [True] * 4
     order = "Array.from(document.querySelectorAll('.job:not(.hidden)')).map(c => c.dataset.id)"
     assert browser.js(order) == ["job-1", "job-3", "job-2", "job-0"]  # the independent score, best first
     name = record["images"][1]["targets"][0]["name"]
-    browser.js(f"(() => {{ const f = document.getElementById('filter'); f.value = {json.dumps(name[:4])};"
-               "f.dispatchEvent(new Event('input')); })()")
+    browser.page.fill("#filter", name[:4])  # types it, as a person would: the page hears 'input'
     assert browser.js(order) == ["job-1", "job-3"]
     assert browser.js("document.getElementById('shown').textContent") == "2"
     links = browser.js("Array.from(document.querySelectorAll('.job a')).map(a => a.getAttribute('href'))")

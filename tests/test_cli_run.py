@@ -35,6 +35,7 @@ def read_video(path):
     return meta, frames
 
 
+@pytest.mark.slow
 def test_castle_recipe_runs_offline_and_writes_video_images_and_record(cli, mobilenet_path, tmp_path):
     out = tmp_path / "run"
     proc = cli("run", str(RECIPES / "castle_from_flowers.yaml"), *_sets("iterations=6"), "--out", str(out))
@@ -62,6 +63,7 @@ def test_castle_recipe_runs_offline_and_writes_video_images_and_record(cli, mobi
     assert not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_pngs_and_another_seed_does_not(cli, mobilenet_path, tmp_path):
     recipe = RECIPES / "castle_from_flowers.yaml"
     runs = {}
@@ -74,6 +76,7 @@ def test_same_seed_gives_identical_pngs_and_another_seed_does_not(cli, mobilenet
     assert runs["a"] != runs["c"]  # colour jitter draws differ
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_not_overwritten_without_force(cli, mobilenet_path, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -84,6 +87,7 @@ def test_existing_run_folder_is_not_overwritten_without_force(cli, mobilenet_pat
     assert (out / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_missing_inception_weights_give_an_actionable_one_line_error(cli, tmp_path):
     recipe = RECIPES / "castle_from_flowers.yaml"
     proc = cli("run", str(recipe), "--set", "iterations=1", "--out", str(tmp_path / "run"), "--quiet",
@@ -97,6 +101,7 @@ def test_missing_inception_weights_give_an_actionable_one_line_error(cli, tmp_pa
     assert record["status"] == "failed" and "model.weights" in record["message"]
 
 
+@pytest.mark.slow
 def test_validate_and_steps_and_schema(cli, tmp_path):
     proc = cli("validate", str(RECIPES / "castle_from_flowers.yaml"))
     assert proc.returncode == 0 and "valid" in proc.stdout
@@ -114,6 +119,7 @@ def test_validate_and_steps_and_schema(cli, tmp_path):
 # -- the command line for newcomers ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_with_model_in_one_option_from_the_shells_folder(cli, mobilenet_path, tmp_path):
     """The README's first command: --model in evaluate's syntax, the weights relative to the shell."""
     weights = os.path.relpath(mobilenet_path, ROOT)
@@ -129,12 +135,10 @@ def test_run_with_model_in_one_option_from_the_shells_folder(cli, mobilenet_path
     assert record["images"][0]["targets"][0]["name"] == "castle"
 
 
-def test_model_option_is_the_same_recipe_as_the_set_lines(mobilenet_path, monkeypatch):
+def test_model_option_is_the_same_recipe_as_the_set_lines(mobilenet_path, monkeypatch, registry):
     from pipeline_core.commands.evaluate import model_overrides
     from pipeline_core.recipe.loader import load_recipe
-    from pipeline_core.testing import make_registry
 
-    registry = make_registry()
     monkeypatch.chdir(ROOT)
     recipe = RECIPES / "castle_from_flowers.yaml"
     weights = os.path.relpath(mobilenet_path, ROOT)
@@ -145,6 +149,7 @@ def test_model_option_is_the_same_recipe_as_the_set_lines(mobilenet_path, monkey
     assert short.download is None  # local weights: nothing to fetch
 
 
+@pytest.mark.slow
 def test_validate_says_when_a_run_will_download(cli, tmp_path):
     proc = cli("validate", str(RECIPES / "castle_from_flowers.yaml"), env=offline_env(tmp_path))
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
@@ -153,6 +158,7 @@ def test_validate_says_when_a_run_will_download(cli, tmp_path):
     assert f"into {tmp_path / 'hub'}" in line and "checkpoints" in line and "model.weights" in line
 
 
+@pytest.mark.slow
 def test_validate_takes_several_files_one_line_each(cli, mobilenet_path, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((RECIPES / "castle_from_flowers.yaml").read_text().replace("step: crops", "step: cropz"))
@@ -202,14 +208,13 @@ def test_help_shows_no_rest_markup(cli):
     assert proc.returncode == 0 and "--model" in proc.stdout and not REST.search(proc.stdout)
 
 
-def test_bench_takes_model_too(tmp_path, monkeypatch, capsys):
+def test_bench_takes_model_too(tmp_path, monkeypatch, capsys, registry):
     """--model replaces a model that would need a download (no weights here) by the tiny one."""
     import yaml
 
     import pipeline_core.commands.cli as cli
-    from pipeline_core.testing import make_registry, tiny_recipe
+    from pipeline_core.testing import tiny_recipe
 
-    registry = make_registry()
     monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(model={"name": "inception_v3", "mean": [0.1, 0.2, 0.3]})))

@@ -176,6 +176,7 @@ def test_unknown_model_and_missing_run_are_clear_errors(tiny_run, tmp_path):
         evaluate_run(tmp_path, [TINY], REGISTRY)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_with_local_weights(tiny_run, tmp_path, cli, mobilenet_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

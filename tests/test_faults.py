@@ -29,7 +29,7 @@ from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.run.record import atomic_write_json, prepare_run_dir
 from pipeline_core.step import Step, StepKind, TransformParams
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 from test_interrupt import read_frames
 from test_resume import SelfSignalPlugin, one_thread, pngs, resume  # noqa: F401
 
@@ -106,9 +106,7 @@ class FaultPlugin:
             registry.add_step(step)
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry(FaultPlugin(), SelfSignalPlugin())
+pytestmark = pytest.mark.plugins(FaultPlugin(), SelfSignalPlugin())
 
 
 def run(recipe: dict, run_dir: Path, registry):

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,18 +144,21 @@ def test_random_text(text, tmp_path):
     loads_or_refuses(text, tmp_path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=structures)
 def test_random_structures(data, tmp_path):
     loads_or_refuses(dump(data), tmp_path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(recipe=mutations())
 def test_mutations_of_a_valid_recipe(recipe, tmp_path):
     loads_or_refuses(dump(recipe), tmp_path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(key=st.lists(st.sampled_from(WORDS) | st.integers(0, 9).map(str), min_size=1, max_size=3).map(".".join),
        value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | structures.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()))
@@ -282,6 +286,7 @@ def _fresh(world: Path, name: str) -> Path:
     return dest
 
 
+@pytest.mark.slow
 @SLOW
 @given(data=st.data())
 def test_random_run_records_given_to_evaluate_and_resume(data, world, capsys):
@@ -309,6 +314,7 @@ checkpoint_values = st.one_of(structures, tensors, st.lists(tensors, max_size=3)
                                               max_size=3))
 
 
+@pytest.mark.slow
 @SLOW
 @given(data=st.data())
 def test_random_checkpoints_given_to_resume(data, world, capsys):

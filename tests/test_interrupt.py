@@ -221,6 +221,7 @@ def sigint_run(plugin_env, tmp_path_factory) -> tuple[Path, int, str]:
     return _SHARED["sigint"]  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_at_the_iteration_boundary_and_keeps_everything(tmp_path, plugin_env, sigint_run, sig):
     if sig == signal.SIGINT:
@@ -247,6 +248,7 @@ def test_a_signal_stops_at_the_iteration_boundary_and_keeps_everything(tmp_path,
     assert not list(run_dir.glob(".*.tmp"))  # no half-written file left behind
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_still_writes_the_record(tmp_path, plugin_env):
     run_dir, rc, err = gated_run(tmp_path, plugin_env, signal.SIGINT, at=7, signals=2, checkpoint_every=5)
 
@@ -287,6 +289,7 @@ def test_a_second_signal_handled_inside_the_first_handler_still_stops_at_once(mo
         handler(signal.SIGINT, None)  # a third one, while the run writes its outputs: ignored
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_real_mobilenet_leaves_a_consistent_run(cli, mobilenet_path, tmp_path):
     """No gate here: a real terminal-style Ctrl-C whenever the first checkpoint has appeared."""
     run_dir = tmp_path / "run"
@@ -317,6 +320,7 @@ def _ffmpeg_writing(video: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finding the orphaned encoder needs /proc")
 def test_sigkill_leaves_a_playable_video_and_a_whole_record_and_resume_repairs_the_video(tmp_path, plugin_env,
                                                                                          reference_run):

@@ -55,6 +55,7 @@ def offline_sets(name: str, mobilenet: Path) -> list[str]:
 # -- pipeline layers ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_layers_lists_every_path_type_shape_and_channel_count_of_the_real_model(mobilenet_path):
     proc = run_cli("layers", f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=224", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline_core.commands.listings import describe_steps, type_name
 from pipeline_core.objectives import Targets
 from pipeline_core.step import StepKind
-from pipeline_core.testing import make_registry
 
 
-def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them():
-    text = describe_steps(make_registry())
+def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them(registry):
+    text = describe_steps(registry)
     headings = [line.split(" steps")[0] for line in text.splitlines() if line.endswith("─") and " steps " in line]
     assert headings == [k.value for k in StepKind]  # init, param, transform, objective, update
     # each step under its own kind's heading
@@ -20,8 +21,8 @@ def test_steps_are_grouped_by_kind_in_the_order_an_iteration_runs_them():
     assert text.index("objective steps") < text.index("L1-loss  [objective]") < text.index("update steps")
 
 
-def test_types_read_as_words_and_nothing_overflows_the_width():
-    text = describe_steps(make_registry(), width=80)
+def test_types_read_as_words_and_nothing_overflows_the_width(registry):
+    text = describe_steps(registry, width=80)
     for internal in ("Annotated", "strict", "NoneType", "Union", "Literal"):
         assert internal not in text
     assert all(len(line) <= 80 for line in text.splitlines())
@@ -30,8 +31,8 @@ def test_types_read_as_words_and_nothing_overflows_the_width():
     assert text.count("Active one iteration in N") == 0 and "from, until and every" in text
 
 
-def test_one_step_in_full_shows_its_schedule_keys():
-    text = describe_steps(make_registry(), "L1-loss")
+def test_one_step_in_full_shows_its_schedule_keys(registry):
+    text = describe_steps(registry, "L1-loss")
     assert "Active one iteration in N" in text and text.startswith("L1-loss  [objective]")
 
 
@@ -41,6 +42,7 @@ def test_type_names():
     assert type_name(tuple[float, float]) == "pair of number"
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_listing():
     done = subprocess.run([sys.executable, "-m", "pipeline_core", "steps"], capture_output=True, text=True,
                           timeout=120, env={"PIPELINE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
@@ -48,6 +50,7 @@ def test_the_cli_prints_the_listing():
     assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.view_transforms" in done.stdout
 
 
+@pytest.mark.slow
 def test_classes_lists_the_names_a_target_can_name_from_the_real_metadata_offline(cli, mobilenet_path, tmp_path):
     from pipeline_core.commands.classes import render
 

@@ -20,11 +20,11 @@ from pipeline_core.output.panels import Sparklines, class_panel
 from pipeline_core.run.engine import Run, prepare_resume
 from pipeline_core.run.progress import Progress
 from pipeline_core.step import Step, StepKind, StepParams
-from pipeline_core.testing import make_registry, registered, run_recipe_dict, tiny_recipe
+from pipeline_core.testing import registered, run_recipe_dict, tiny_recipe
 from test_bad_input import StopAtPlugin
 from test_interrupt import read_frames
 
-REGISTRY = make_registry(StopAtPlugin())
+pytestmark = pytest.mark.plugins(StopAtPlugin())
 
 
 class EveryThird(Progress):
@@ -43,7 +43,7 @@ class EveryThird(Progress):
         self.shown.append((done, loss, prob))
 
 
-def run_with(recipe: dict, run_dir: Path, progress: Progress, registry=REGISTRY):
+def run_with(recipe: dict, run_dir: Path, progress: Progress, registry):
     from pipeline_core.recipe.loader import load_recipe
     import yaml
 
@@ -53,12 +53,12 @@ def run_with(recipe: dict, run_dir: Path, progress: Progress, registry=REGISTRY)
     return Run(load_recipe(path, registry), registry, run_dir, progress, device="cpu").execute()
 
 
-def test_metrics_are_the_numbers_of_the_progress_display_per_image_and_per_objective(tmp_path):
+def test_metrics_are_the_numbers_of_the_progress_display_per_image_and_per_objective(tmp_path, registry):
     recipe = tiny_recipe(iterations=8, batch=2)
     recipe["steps"][1]["target"] = [3, 5]
     recipe["steps"].insert(2, {"step": "L1-loss", "target": [3, 5], "C": 10})  # a second objective
     progress = EveryThird()
-    result = run_with(recipe, tmp_path / "run", progress)
+    result = run_with(recipe, tmp_path / "run", progress, registry)
     assert result.status == "completed", result.message
 
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -73,11 +73,11 @@ def test_metrics_are_the_numbers_of_the_progress_display_per_image_and_per_objec
     assert "metrics.jsonl" in result.record["files"] and "report.html" in result.record["files"]
 
 
-def test_a_resumed_run_appends_from_its_checkpoint_without_duplicate_iterations(tmp_path):
+def test_a_resumed_run_appends_from_its_checkpoint_without_duplicate_iterations(tmp_path, registry):
     recipe = tiny_recipe(iterations=6, output={"video": False, "checkpoint_every": 2})
     recipe["steps"].insert(1, {"step": "test-stop-at", "at": 3, "on": "view"})
     run_dir = tmp_path / "run"
-    first = run_recipe_dict(recipe, run_dir, registry=REGISTRY, check=False)
+    first = run_recipe_dict(recipe, run_dir, registry=registry, check=False)
     assert first.status == "interrupted" and first.iterations_done == 4
     path = run_dir / "metrics.jsonl"
     before = read_metrics(path)
@@ -87,8 +87,8 @@ def test_a_resumed_run_appends_from_its_checkpoint_without_duplicate_iterations(
         fh.write(json.dumps({**before[-1], "iteration": 5}) + "\n" + '{"iteration": 6, "lo')
     checkpoint_at = json.loads((run_dir / "run.json").read_text())["checkpoint"]["iteration"]
 
-    recipe_loaded, checkpoint = prepare_resume(run_dir, REGISTRY)
-    resumed = Run(recipe_loaded, REGISTRY, run_dir, Progress(), device="cpu", resume=checkpoint).execute()
+    recipe_loaded, checkpoint = prepare_resume(run_dir, registry)
+    resumed = Run(recipe_loaded, registry, run_dir, Progress(), device="cpu", resume=checkpoint).execute()
     assert resumed.status == "completed", resumed.message
 
     iterations = [r["iteration"] for r in read_metrics(path)]
@@ -164,18 +164,18 @@ class Always(Progress):
 
 
 @pytest.fixture(scope="module")
-def panel_runs(tmp_path_factory):
+def panel_runs(tmp_path_factory, registry):
     base = tmp_path_factory.mktemp("panels")
     out = {"video": True, "frame_every": 1, "fps": 10}
     steps = [{"step": "init-noise", "scale": 0.2, "offset": 0.4, "size": 96}]
-    with registered(BrightPlugin(), make_registry()) as registry:
+    with registered(BrightPlugin(), registry):
         plain = tiny_recipe(iterations=5, output=out, steps=[*steps, {"step": "test-bright", "weight": 2.0},
                                                               {"step": "keep-photo", "weight": 1.0},
                                                               {"step": "gradient-step", "lr": 0.05}])
         layer = run_with(plain, base / "no-class", Always(), registry)
     classy = tiny_recipe(iterations=5, output=out, steps=[*steps, {"step": "L1-loss", "target": 3},
                                                           {"step": "gradient-step", "lr": 0.05}])
-    cls = run_with(classy, base / "class", Always())
+    cls = run_with(classy, base / "class", Always(), registry)
     assert layer.status == cls.status == "completed", (layer.message, cls.message)
     return base / "no-class", base / "class"
 

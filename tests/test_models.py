@@ -11,9 +11,6 @@ import torchvision.models._api as tv_weights_api
 
 from pipeline_core.errors import ModelLoadError
 from pipeline_core.model import ModelAdapter, ModelSpec
-from pipeline_core.testing import make_registry
-
-REGISTRY = make_registry()
 
 
 def mock_download(monkeypatch, fn) -> None:
@@ -28,14 +25,14 @@ def inception_state():
     return model.state_dict()
 
 
-def test_inception_download_failure_is_an_actionable_error(monkeypatch, tmp_path):
+def test_inception_download_failure_is_an_actionable_error(monkeypatch, tmp_path, registry):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
     mock_download(monkeypatch, offline)
-    model_def = REGISTRY.model("inception_v3")
+    model_def = registry.model("inception_v3")
     with pytest.raises(ModelLoadError) as err:
         model_def.build(ModelSpec(name="inception_v3"))
     text = str(err.value)
@@ -43,7 +40,7 @@ def test_inception_download_failure_is_an_actionable_error(monkeypatch, tmp_path
     assert "\n" not in text
 
 
-def test_inception_with_torchvision_weights_has_metadata_and_a_working_aux_head(monkeypatch, inception_state):
+def test_inception_with_torchvision_weights_has_metadata_and_a_working_aux_head(monkeypatch, inception_state, registry):
     calls = []
 
     def fake_download(url, *args, **kwargs):
@@ -51,7 +48,7 @@ def test_inception_with_torchvision_weights_has_metadata_and_a_working_aux_head(
         return inception_state
 
     mock_download(monkeypatch, fake_download)
-    model_def = REGISTRY.model("inception_v3")
+    model_def = registry.model("inception_v3")
     info = model_def.describe(ModelSpec(name="inception_v3"))
     assert info.size == 299 and len(info.categories) == 1000 and info.categories[483] == "castle"
     module = model_def.build(ModelSpec(name="inception_v3"))
@@ -69,30 +66,30 @@ def test_inception_with_torchvision_weights_has_metadata_and_a_working_aux_head(
     assert all(not p.requires_grad for p in module.parameters())
 
 
-def test_local_weights_for_a_fine_tuned_five_class_model(tmp_path):
+def test_local_weights_for_a_fine_tuned_five_class_model(tmp_path, registry):
     model = torchvision.models.mobilenet_v2(num_classes=5)
     path = tmp_path / "flowers.pth"
     torch.save(model.state_dict(), path)
     names = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     spec = ModelSpec(name="mobilenet_v2", weights=path, categories=names, mean=(0.5,) * 3, std=(0.5,) * 3, size=128)
-    model_def = REGISTRY.model("mobilenet_v2")
+    model_def = registry.model("mobilenet_v2")
     assert list(model_def.describe(spec).categories) == names
     built = model_def.build(spec)
     assert built.classifier[-1].out_features == 5
 
 
-def test_weights_of_the_wrong_architecture_are_a_clear_error(tmp_path):
+def test_weights_of_the_wrong_architecture_are_a_clear_error(tmp_path, registry):
     path = tmp_path / "resnet.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(ModelLoadError, match="does not fit torchvision's mobilenet_v2"):
-        REGISTRY.model("mobilenet_v2").build(ModelSpec(name="mobilenet_v2", weights=path))
+        registry.model("mobilenet_v2").build(ModelSpec(name="mobilenet_v2", weights=path))
 
 
-def test_real_mobilenet_recognises_a_photo(mobilenet_path):
+def test_real_mobilenet_recognises_a_photo(mobilenet_path, registry):
     from plugins_photo import load
 
     spec = ModelSpec(name="mobilenet_v2", weights=mobilenet_path, mean=(0.5,) * 3, std=(0.5,) * 3, size=224)
-    model_def = REGISTRY.model("mobilenet_v2")
+    model_def = registry.model("mobilenet_v2")
     adapter = ModelAdapter(model_def.build(spec), model_def.describe(spec))
     probs = adapter(load("sunflower.png")).logits.softmax(1)
     assert adapter.categories[int(probs.argmax())] == "daisy"  # as ../shared/models/README.md says

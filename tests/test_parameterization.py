@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline_core.parameterization import FourierImage, colour_mixing_matrix, spectrum_scale
-from pipeline_core.testing import check_step, make_registry, run_recipe_dict, tiny_recipe
+from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
 from pipeline_plugins.fourier_image import FourierImageStep
 
 
@@ -91,7 +91,7 @@ def test_fourier_image_step_passes_the_contract_checks():
     check_step(FourierImageStep, {"decay": 1.2, "noise": 0.01})
 
 
-def test_init_image_and_image_transforms_work_through_the_spectrum(tmp_path):
+def test_init_image_and_image_transforms_work_through_the_spectrum(tmp_path, registry):
     """init-image sets the spectrum; a stored-image resize goes through set_image; no objective is skipped."""
     from PIL import Image
 
@@ -106,7 +106,6 @@ def test_init_image_and_image_transforms_work_through_the_spectrum(tmp_path):
         {"step": "L1-loss", "target": 2, "lambda": 0.0},
         {"step": "adam", "lr": 0.001},
     ])
-    registry = make_registry()
     result = run_recipe_dict(recipe, tmp_path / "run", registry=registry)
     assert result.status == "completed", result.message
     out = Image.open(tmp_path / "run" / "images" / result.record["images"][0]["file"])

@@ -264,11 +264,11 @@ def test_the_bar_keeps_moving_through_a_slow_iteration():
     assert not [t for t in threading.enumerate() if t.name == "progress-watchdog"]
 
 
-def test_the_last_iteration_always_reports(tmp_path):
+def test_the_last_iteration_always_reports(tmp_path, registry):
     """The bar ends on the run's last numbers, however the 4 Hz clock fell."""
     from pipeline_core.run.engine import Run
     from pipeline_core.recipe.loader import load_recipe
-    from pipeline_core.testing import make_registry, tiny_recipe
+    from pipeline_core.testing import tiny_recipe
 
     class Never(Progress):
         def __init__(self):
@@ -286,7 +286,6 @@ def test_the_last_iteration_always_reports(tmp_path):
     recipe = tiny_recipe(iterations=5)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    registry = make_registry()
     bar = Never()
     result = Run(load_recipe(path, registry), registry, tmp_path / "run", bar, device="cpu").execute()
     assert result.status == "completed" and bar.updates == [5]
@@ -369,6 +368,7 @@ def test_an_encoder_failure_says_what_ffmpeg_said(tmp_path):
     assert "missing-folder" in str(info.value) and "No such file" in str(info.value)  # the file, and ffmpeg's words
 
 
+@pytest.mark.slow
 def test_a_run_with_a_big_batch_makes_video_frames_within_the_budget(tmp_path):
     import imageio_ffmpeg
     from PIL import Image

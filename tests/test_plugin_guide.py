@@ -52,6 +52,7 @@ def test_the_guide_has_every_file_of_its_package():
             "tests/test_greyworld.py"} <= set(guide_files())
 
 
+@pytest.mark.slow
 def test_the_guides_own_tests_pass(guide_package):
     root, site = guide_package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(site)])}

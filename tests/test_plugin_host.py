@@ -337,6 +337,7 @@ def test_get_plugin_manager_never_raises_for_a_broken_plugin(on_path):
 # -- the real command line ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_lists_plugins_and_runs_a_recipe_beside_broken_plugins(site, tmp_path):
     env = cli_env(site)
     listing = run_cli("plugins", env=env)
@@ -355,6 +356,7 @@ def test_cli_lists_plugins_and_runs_a_recipe_beside_broken_plugins(site, tmp_pat
     assert "Traceback" not in run.stderr and "second line" not in run.stderr
 
 
+@pytest.mark.slow
 def test_cli_validate_of_a_withdrawn_step_is_a_one_line_error(site, tmp_path):
     recipe = tiny_recipe_file(tmp_path, [{"step": "half-registered"}])
     result = run_cli("validate", str(recipe), env=cli_env(site))
@@ -364,6 +366,7 @@ def test_cli_validate_of_a_withdrawn_step_is_a_one_line_error(site, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_loads_only_the_selected_plugins(site):
     only = run_cli("steps", "darken-test", env=cli_env(site, PIPELINE_PLUGINS="good"))
     assert only.returncode == 0 and "darken-test  [transform]  from good" in only.stdout

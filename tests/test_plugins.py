@@ -260,14 +260,23 @@ BUILTIN_PARAMS = {
 }
 
 
-def test_every_builtin_step_passes_check_step(isolated_registry):
+BUILTIN_STEPS = sorted(name for name, entry in make_registry().steps.items()
+                       if entry.plugin.startswith("pipeline_plugins."))
+
+
+def test_the_contract_check_covers_every_builtin_step():
+    assert len(BUILTIN_STEPS) >= 30 and {"blur", "L1-loss", "adam", "init-image"} <= set(BUILTIN_STEPS)
+    assert set(BUILTIN_PARAMS) <= set(BUILTIN_STEPS), "BUILTIN_PARAMS names a step that is not built in"
+
+
+@pytest.mark.parametrize("name", BUILTIN_STEPS)
+def test_every_builtin_step_passes_check_step(name, isolated_registry):
     """The checks are what the built-ins already meet: a plugin held to them is held to our standard.
 
-    A new built-in step with required parameters adds valid ones to BUILTIN_PARAMS.
+    One test per step, so one that breaks does not hide the others. A new built-in step with
+    required parameters adds valid ones to BUILTIN_PARAMS.
     """
-    for name, entry in sorted(isolated_registry.steps.items()):
-        if entry.plugin.startswith("pipeline_plugins."):
-            check_step(entry.obj, BUILTIN_PARAMS.get(name, {}), isolated_registry)
+    check_step(isolated_registry.step(name), BUILTIN_PARAMS.get(name, {}), isolated_registry)
 
 
 def test_check_step_passes_a_correct_plugin_step(isolated_registry):
@@ -288,6 +297,7 @@ def _example_installed() -> None:
         pytest.skip(f"the example package's dependencies are missing ({exc}); reinstall it with pip")
 
 
+@pytest.mark.slow
 def test_installed_example_package_is_listed_by_the_cli():
     _example_installed()
     version = md.version("pipeline-efficientnet")
@@ -303,6 +313,7 @@ def test_installed_example_package_is_listed_by_the_cli():
     assert "    weight " in steps.stdout.split("total-variation  [objective]")[1]
 
 
+@pytest.mark.slow
 def test_installed_example_package_runs_a_recipe(tmp_path):
     """castle_from_flowers with --set model.name=efficientnet-lite0, plus the plugin's step and writer."""
     _example_installed()
@@ -324,6 +335,7 @@ def test_installed_example_package_runs_a_recipe(tmp_path):
     assert "run.gif" in record["files"] and (out / "run.gif").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_example_packages_own_tests_pass():
     """CI runs tests/ only; this runs the example package's suite as its author would."""
     _example_installed()

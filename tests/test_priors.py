@@ -336,23 +336,24 @@ def test_a_tiny_run_with_both_is_deterministic(tmp_path):
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
 
 
-def test_a_tiny_run_stopped_and_resumed_ends_with_the_same_bytes(tmp_path):
+def test_a_tiny_run_stopped_and_resumed_ends_with_the_same_bytes(tmp_path, registry):
     from test_resume import SelfSignalPlugin, pngs, resume, run
 
-    from pipeline_core.testing import make_registry
+    from pipeline_core.testing import registered
 
-    registry = make_registry(SelfSignalPlugin())
-    recipe = maco_recipe(iterations=8)
-    recipe["steps"].insert(2, {"step": "test-self-signal", "at": 3, "on": "view"})
-    reference = run(recipe, tmp_path / "reference", registry)
-    assert reference.status == "completed", reference.message
-    stopped = run(recipe, tmp_path / "run", registry, armed=True)
-    assert stopped.status == "interrupted" and stopped.iterations_done == 4, stopped.message
-    resumed = resume(tmp_path / "run", registry)
-    assert resumed.status == "completed" and resumed.iterations_done == 8, resumed.message
-    assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")
+    with registered(SelfSignalPlugin(), registry):
+        recipe = maco_recipe(iterations=8)
+        recipe["steps"].insert(2, {"step": "test-self-signal", "at": 3, "on": "view"})
+        reference = run(recipe, tmp_path / "reference", registry)
+        assert reference.status == "completed", reference.message
+        stopped = run(recipe, tmp_path / "run", registry, armed=True)
+        assert stopped.status == "interrupted" and stopped.iterations_done == 4, stopped.message
+        resumed = resume(tmp_path / "run", registry)
+        assert resumed.status == "completed" and resumed.iterations_done == 8, resumed.message
+        assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")
 
 
+@pytest.mark.slow
 def test_the_real_command_runs_phase_image_and_crops_on_mobilenet(mobilenet_path, cli, tmp_path):
     recipe = tmp_path / "maco.yaml"
     recipe.write_text(

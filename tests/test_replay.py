@@ -14,14 +14,9 @@ import yaml
 from pipeline_core.run.engine import Run
 from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import load_recipe
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 from test_interrupt import finish, plugin_env, record, reference_run, start  # noqa: F401
 from test_resume import STEP_EXAMPLES, _recipe, one_thread, pngs  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry()
 
 
 def run_file(path: Path, run_dir: Path, registry, overrides: tuple[str, ...] = ()):
@@ -37,6 +32,7 @@ def run_dict(recipe: dict, run_dir: Path, registry, overrides: tuple[str, ...] =
     return run_file(path, run_dir, registry, overrides)
 
 
+@pytest.mark.slow
 def test_replaying_run_json_with_the_real_command_gives_the_same_bytes(reference_run, plugin_env, tmp_path):
     replay = tmp_path / "replay"
     # from another folder, with the run.json copied away from the recipe it came from
@@ -50,6 +46,7 @@ def test_replaying_run_json_with_the_real_command_gives_the_same_bytes(reference
     assert record(replay)["recipe"] == record(reference_run)["recipe"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STEP_EXAMPLES))
 def test_same_seed_same_bytes_and_replay_for_every_builtin_step(name, registry, tmp_path):
     recipe = _recipe(STEP_EXAMPLES[name], iterations=5)

@@ -26,7 +26,7 @@ from pipeline_core.hookspecs import hookimpl
 from pipeline_core.run.progress import Progress
 from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.step import Step, StepKind, TransformParams
-from pipeline_core.testing import make_registry, tiny_recipe
+from pipeline_core.testing import tiny_recipe
 from test_interrupt import finish, plugin_env, read_frames, record, reference_run, sigint_run, start  # noqa: F401
 
 PHOTO = Path(__file__).resolve().parents[1] / "recipes" / "images" / "flower.jpg"
@@ -35,6 +35,7 @@ PHOTO = Path(__file__).resolve().parents[1] / "recipes" / "images" / "flower.jpg
 # -- the real command -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_is_byte_identical_to_an_uninterrupted_run(sigint_run, reference_run, plugin_env,
                                                                        tmp_path):
     interrupted, rc, err = sigint_run
@@ -87,9 +88,7 @@ class SelfSignalPlugin:
         registry.add_step(SelfSignal)
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return make_registry(SelfSignalPlugin())
+pytestmark = pytest.mark.plugins(SelfSignalPlugin())
 
 
 @pytest.fixture(autouse=True)
@@ -202,6 +201,7 @@ def test_every_builtin_step_has_an_example_here(registry):
     assert not missing, f"add an example of {sorted(missing)} to STEP_EXAMPLES so resume and replay cover it"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STEP_EXAMPLES))
 def test_resume_is_byte_identical_around_every_builtin_step(name, registry, tmp_path):
     # the same steps in both runs (each step's generator is seeded by its position)
@@ -221,6 +221,7 @@ def test_resume_is_byte_identical_around_every_builtin_step(name, registry, tmp_
     assert facts[0] == facts[1]
 
 
+@pytest.mark.slow
 def test_resume_twice_with_a_sparse_video_keeps_bytes_and_frame_count(registry, tmp_path):
     recipe = _recipe(STEP_EXAMPLES["color-jitter"], iterations=14, output={"video": True, "frame_every": 3})
     recipe["steps"].insert(2, STEP_EXAMPLES["rotate"])

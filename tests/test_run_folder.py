@@ -211,6 +211,7 @@ def _holder(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_process(in_process, tmp_path, capsys):
     run_dir = paused_run(tmp_path / "run", REGISTRY, at=1)
     recipe = write(tmp_path, "other.yaml", tiny_recipe())
@@ -254,6 +255,7 @@ def test_the_lock_is_reentrant_in_one_process_and_gone_after(tmp_path):
     assert not (tmp_path / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_still_running_is_refused_then_works_after_it_stops(hold_env, in_process, tmp_path, capsys):
     run_dir = tmp_path / "run"
     proc = start_held(tmp_path, hold_env, run_dir)
@@ -273,6 +275,7 @@ def test_resume_of_a_run_still_running_is_refused_then_works_after_it_stops(hold
 # -- signals ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sighup_stops_a_run_like_sigterm(hold_env, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_held(tmp_path, hold_env, run_dir)
@@ -285,6 +288,7 @@ def test_sighup_stops_a_run_like_sigterm(hold_env, tmp_path):
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "video.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, delays", [(signal.SIGINT, (0.5, 1.5, 3.0)), (signal.SIGTERM, (1.0,)),
                                          (signal.SIGHUP, (2.0,))], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_stop_while_starting_up_is_one_line_and_130(sig, delays, hold_env, tmp_path):

@@ -11,7 +11,6 @@ import yaml
 
 from conftest import RECIPES, run_cli
 from pipeline_core.recipe.schema import recipe_schema
-from pipeline_core.testing import make_registry
 
 jsonschema = pytest.importorskip("jsonschema", reason="install the test extra: pip install '.[test]'")
 
@@ -21,8 +20,8 @@ SHIPPED = sorted(p for p in RECIPES.glob("**/*.yaml") if "axes" not in (yaml.saf
 
 
 @pytest.fixture(scope="module")
-def validator():
-    schema = recipe_schema(make_registry())
+def validator(registry):
+    schema = recipe_schema(registry)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -75,6 +74,7 @@ def test_the_schema_rejects_bad_recipes(data, where, validator):
     assert any(e.split(":")[0] == where for e in errors), errors
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_schema_with_installed_plugin_steps(tmp_path):
     out = tmp_path / "recipe.schema.json"
     result = run_cli("schema", "--out", str(out))

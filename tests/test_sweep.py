@@ -90,6 +90,7 @@ def small(tmp_path_factory, mobilenet_path):
     return file, out, json.loads((out / "sweep.json").read_text())
 
 
+@pytest.mark.slow
 def test_jobs_differing_only_in_target_share_a_batch_and_each_seed_gets_its_own(small):
     _file, out, index = small
     assert index["total"] == 10 and len(index["jobs"]) == 10
@@ -108,6 +109,7 @@ def test_jobs_differing_only_in_target_share_a_batch_and_each_seed_gets_its_own(
         assert record["recipe"]["steps"][3]["target"] == [j["values"]["steps.3.target"] for j in jobs]
 
 
+@pytest.mark.slow
 def test_sweep_json_has_the_agreed_format_and_the_run_records_top5(small):
     _file, out, index = small
     assert isinstance(index["name"], str) and index["name"] == "small"
@@ -129,6 +131,7 @@ def test_sweep_json_has_the_agreed_format_and_the_run_records_top5(small):
     assert index["jobs"][0]["targets"][0]["name"] == "tench"
 
 
+@pytest.mark.slow
 def test_a_batch_is_an_ordinary_run_folder_that_replays_to_the_same_bytes(small, tmp_path):
     from pipeline_core.recipe.loader import load_recipe
     from pipeline_core.run.engine import Run
@@ -143,6 +146,7 @@ def test_a_batch_is_an_ordinary_run_folder_that_replays_to_the_same_bytes(small,
     assert (tmp_path / "replay" / "images" / name).read_bytes() == (out / job["image"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_contact_sheets_per_axis_value_and_an_overview(small):
     _file, out, index = small
     sheets = index["contact_sheets"]
@@ -156,6 +160,7 @@ def test_contact_sheets_per_axis_value_and_an_overview(small):
     assert "tench" in (out / "atlas.html").read_text()  # the sweep's page, from sweep.json
 
 
+@pytest.mark.slow
 def test_started_again_a_finished_sweep_skips_every_batch(small):
     file, out, index = small
     before = {j["run"]: json.loads((out / j["run"] / "run.json").read_text())["run_id"] for j in index["jobs"]}
@@ -168,6 +173,7 @@ def test_started_again_a_finished_sweep_skips_every_batch(small):
     assert [j["image"] for j in again["jobs"]] == [j["image"] for j in index["jobs"]]
 
 
+@pytest.mark.slow
 def test_a_failed_batch_is_reported_the_rest_go_on_and_a_restart_runs_it(small, tmp_path):
     file, _out, index = small
     out = tmp_path / "failing"
@@ -190,6 +196,7 @@ def test_a_failed_batch_is_reported_the_rest_go_on_and_a_restart_runs_it(small, 
     assert (out / data["jobs"][2]["image"]).read_bytes() == (small[1] / index["jobs"][2]["image"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_evaluate_a_sweep_scores_every_job_by_class_and_by_axis_value(small, tmp_path):
     import shutil
 
@@ -219,6 +226,7 @@ def test_evaluate_a_sweep_scores_every_job_by_class_and_by_axis_value(small, tmp
     assert json.loads((copy / "sweep.json").read_text())["jobs"][0]["score"] == job["score"]
 
 
+@pytest.mark.slow
 def test_batch_auto_probes_once_and_a_restart_keeps_the_batch(small, tmp_path):
     file, _out, _index = small
     out = tmp_path / "auto"
@@ -278,6 +286,7 @@ def test_the_axis_option_replaces_values_by_the_last_part_of_the_key(tmp_path, m
         make_plan(load_sweep(file, ["colour=1"]), REGISTRY)
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_bad_sweep_in_one_line_with_exit_2(tmp_path, mobilenet_path):
     file = write_sweep(tmp_path, "recipe: recipe.yaml\naxes:\n  seed: 0-3\n")
     proc = run_cli("sweep", str(file), "--out", str(tmp_path / "o"), cwd=ROOT)
@@ -314,6 +323,7 @@ def test_each_rank_gets_its_own_card_and_too_many_ranks_are_refused(monkeypatch)
 # -- Ctrl-C ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_with_130_and_the_same_command_resumes_to_the_same_bytes(tmp_path, mobilenet_path):
     from pipeline_core.recipe.loader import load_recipe
     from pipeline_core.run.engine import Run
@@ -372,6 +382,7 @@ def test_python_m_pipeline_core_is_the_command():
     assert proc.returncode == 0 and proc.stdout.startswith("pipeline ")
 
 
+@pytest.mark.slow
 def test_the_shipped_atlas_runs_a_range_of_classes_on_the_cpu(mobilenet_path, tmp_path):
     """recipes/atlas.yaml as its header runs it on a CPU: a range of classes, here cut to 4 iterations."""
     out = tmp_path / "atlas"

@@ -27,6 +27,9 @@ axes:
 batch: 2
 """
 
+#: two torchrun processes and one plain sweep of the real model, once for the module
+pytestmark = pytest.mark.slow
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 

@@ -10,7 +10,7 @@ from pipeline_core.model import ModelAdapter
 from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.loader import entry_model
 from pipeline_core.recipe.schedule import Schedule
-from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, make_registry, run_recipe_dict, tiny_recipe
+from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, run_recipe_dict, tiny_recipe
 from pipeline_plugins.view_transforms import Jitter, RandomScale
 
 
@@ -110,7 +110,7 @@ def test_random_scale_rejects_a_reversed_range():
         RandomScale.Params.model_validate({"scale": [1.2, 0.8]})
 
 
-def test_view_transforms_leave_the_stored_image_alone_and_replay_exactly(tmp_path):
+def test_view_transforms_leave_the_stored_image_alone_and_replay_exactly(tmp_path, registry):
     steps = [
         {"step": "init-noise", "scale": 0.04, "offset": 0.5, "size": 32},
         {"step": "jitter", "pixels": 4, "fill": "noise"},
@@ -118,7 +118,6 @@ def test_view_transforms_leave_the_stored_image_alone_and_replay_exactly(tmp_pat
         {"step": "L1-loss", "target": 3},
         {"step": "gradient-step", "lr": 0.01},
     ]
-    registry = make_registry()
     first = run_recipe_dict(tiny_recipe(steps=steps), tmp_path / "a", registry=registry)
     second = run_recipe_dict(tiny_recipe(steps=steps), tmp_path / "b", registry=registry)
     assert first.status == second.status == "completed"
