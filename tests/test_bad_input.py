@@ -254,7 +254,7 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("--out not empty", BASE, ["run", "--out", "{tmp}/photos"], ["is not empty", "--force"]),
     ("resume nothing", None, ["run", "--resume", "{tmp}/no-run"], ["--resume", "no such run folder"]),
     ("resume not a run", None, ["run", "--resume", "{tmp}/photos"], ["the folder has no run.json"]),
-    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --model, --seed"]),
+    ("resume with a recipe", BASE, ["run", "--resume", "{tmp}/photos"], ["give no recipe, --set, --add-step, --model, --seed"]),
     ("resume a finished run", None, ["run", "--resume", "{tmp}/done"], ["has no checkpoint.pt", "already complete"]),
     ("resume a broken checkpoint", None, ["run", "--resume", "{tmp}/broken-checkpoint"],
      ["checkpoint", "cannot be read", "start the run again"]),
@@ -300,9 +300,9 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("--set weights of an unknown user", BASE, ["validate", "--set", "model.weights=~nosuchuser9/m.pth"],
      ["--set model.weights=~nosuchuser9/m.pth:", "no user's home folder"]),
     ("--set index not ASCII", BASE, ["validate", "--set", "steps.\u00b2.kernel=3"],
-     ["'steps.\u00b2' does not exist", "give a position 0..3"]),
+     ["no step is labelled or named '\u00b2'", "steps.0 (init-noise)", "steps.3 (gradient-step)"]),
     ("--set index not a number on a list", BASE, ["validate", "--set", "steps.first.kernel=3"],
-     ["'steps.first' does not exist", "'steps' is a list", "0..3"]),
+     ["no step is labelled or named 'first'", "steps.0 (init-noise)", "steps.3 (gradient-step)"]),
     ("--set index out of range", BASE, ["validate", "--set", "steps.12=3"],
      ["'steps.12' does not exist", "'steps' has positions 0..3"]),
     ("--set index into a list value", BASE, ["validate", "--set", "steps.1.kernel.0=3"],
@@ -399,7 +399,7 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("resume a checkpoint whose image state does not fit", None, ["run", "--resume", "{tmp}/rs-param"],
      ["does not fit this run", "start the run again"]),
     ("resume with --model", None, ["run", "--resume", "{tmp}/rs-other-run", "--model", "tiny-test-model"],
-     ["give no recipe, --set, --model"]),
+     ["give no recipe, --set, --add-step, --model"]),
 ]
 
 

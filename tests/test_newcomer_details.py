@@ -4,7 +4,6 @@ loss, and the options a sweep ran with on its atlas page."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -313,3 +313,24 @@ def test_a_truncated_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(RecipeError) as info:
         load_checkpoint(tmp_path)
     assert "cannot be read" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resume_cuts_whole_photos_of_other_shapes_back_to_their_frames(registry, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    files = []
+    for name, (h, w) in {"wide": (40, 60), "tall": (60, 40)}.items():
+        pixels = (rng.random((h, w, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        files.append(str(tmp_path / f"{name}.png"))
+    recipe = with_signal(_recipe({"step": "init-image", "images": files, "size": 24}, iterations=8), at=3)
+    reference = run(recipe, tmp_path / "reference", registry)
+    assert reference.status == "completed", reference.message
+    stopped = run(recipe, tmp_path / "run", registry, armed=True)
+    assert stopped.status == "interrupted", stopped.message
+    resumed = resume(tmp_path / "run", registry)
+    assert resumed.status == "completed", resumed.message
+    assert pngs(tmp_path / "run") == pngs(tmp_path / "reference")
+    sizes = [Image.open(tmp_path / "run" / "images" / i["file"]).size for i in resumed.record["images"]]
+    assert sizes == [(36, 24), (24, 36)]

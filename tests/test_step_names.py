@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,6 @@ def test_a_real_cli_run_with_a_step_added_and_one_set_by_name(tmp_path, mobilene
     proc = cli("run", str(path), *sets, "--set", "aim.target=lighthouse", "--add-step",
                "before:adam={step: blur, sigma: 0.5}", "--out", str(tmp_path / "run"), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    import json
-
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert [s["step"] for s in record["recipe"]["steps"]] == ["init-noise", "L1-loss", "blur", "adam"]
     assert record["images"][0]["targets"][0]["index"] == 437  # 'lighthouse' is ImageNet's 'beacon'

@@ -3,6 +3,7 @@
 The format is an agreement with the pages that read it; keys may be added, never changed::
 
     {"name": str, "recipe": str, "axes": {dotted_key: [values]}, "total": int,
+     "options": ["--set KEY=VALUE", "--axis KEY=VALUES", ...],   # as typed, for the page's header
      "jobs": [{"id": str, "values": {dotted_key: value}, "run": "runs/...",
                "image": "runs/.../images/000_goldfish.png",   # null until the image exists
                "targets": [{"index": int, "name": str}],
