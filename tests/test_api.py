@@ -44,6 +44,7 @@ def _state() -> dict:
                       torch.are_deterministic_algorithms_enabled())}
 
 
+@pytest.mark.slow
 def test_the_real_mobilenet_from_python_draws_a_class_and_is_handed_back_as_it_was(mobilenet, tmp_path):
     mobilenet.train()  # as a notebook may have left it: the run must not touch its batch-norm statistics
     before = {k: v.clone() for k, v in mobilenet.state_dict().items()}
@@ -79,6 +80,7 @@ def test_the_real_mobilenet_from_python_draws_a_class_and_is_handed_back_as_it_w
     assert out._repr_png_() == out.grid.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_run_made_from_memory_keeps_its_weights_on_request_and_replays_from_its_record(tmp_path):
     model = _tiny()
     first = pc.run(tiny_recipe(), model=model, out=tmp_path / "a", progress=False, save_model=True)
@@ -106,6 +108,7 @@ def test_a_recipe_as_yaml_text_or_a_file_with_set_and_seed(tmp_path):
     assert a.record["seed"] == 3
 
 
+@pytest.mark.slow
 def test_layers_and_classes_are_what_the_commands_print(mobilenet):
     done = run_cli("layers", "mobilenet_v2", "--json")
     listed = json.loads(done.stdout)["layers"]
@@ -125,6 +128,7 @@ def test_a_module_that_is_not_a_module_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_typo_in_a_recipe_is_the_line_the_command_prints(tmp_path):
     data = tiny_recipe()
     data["iteratons"] = 3
@@ -142,6 +146,7 @@ def test_a_typo_in_a_recipe_is_the_line_the_command_prints(tmp_path):
     assert "did you mean 'iterations'" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_layer_the_model_lacks_is_the_line_the_command_prints(mobilenet, mobilenet_path, tmp_path):
     data = tiny_recipe()
     data["steps"][1] = {"step": "channel", "layer": "features.99", "channel": 0}
@@ -246,6 +251,7 @@ def test_a_model_family_makes_its_models_by_name_when_a_recipe_names_them():
     assert "model toy:NAME" in registry.plugins["toys"].registers
 
 
+@pytest.mark.slow
 def test_the_models_command_names_the_families(cli):
     done = cli("models")
     assert done.returncode == 0 and "timm:NAME  (pipeline_plugins.timm_models)" in done.stdout

@@ -69,6 +69,7 @@ def test_other_class_lists_keep_their_own_names_only():
         names.index("lighthouse")
 
 
+@pytest.mark.slow
 def test_classes_match_and_a_recipe_target_use_the_synonyms_in_the_real_cli(cli, mobilenet_path, tmp_path):
     proc = cli("classes", "inception_v3", "--match", "lighthouse", env={"TORCH_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr

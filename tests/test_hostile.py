@@ -96,6 +96,7 @@ def unchanged(folder: Path, files: dict[str, bytes]) -> None:
 # -- 1. nothing touched outside the folder the user named ----------------------------------------
 
 
+@pytest.mark.slow
 def test_force_removes_a_symlinked_images_folder_as_a_link_never_the_pictures_it_points_at(tiny_env, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe_dict(tiny_recipe(iterations=1), run_dir, registry=REGISTRY)
@@ -157,6 +158,7 @@ def test_a_sweep_name_that_is_a_path_is_refused_naming_the_file_and_line(name, t
     assert "--out" in message
 
 
+@pytest.mark.slow
 def test_the_real_command_writes_nothing_for_a_sweep_named_out_of_its_folder(tiny_env, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -366,6 +368,7 @@ def _peak(*args: str, env: dict[str, str], cwd: Path, timeout: float = 240) -> t
     return proc, int(proc.stdout.strip() or 0)
 
 
+@pytest.mark.slow
 def test_a_million_job_sweep_says_its_size_at_once_and_is_refused_before_it_is_built(tiny_env, tmp_path):
     import time
 
@@ -461,6 +464,7 @@ def test_a_fifo_as_weights_or_photo_is_one_line_naming_it(what, in_process, tmp_
 MATH = "$\\frac{$ cat"  # a class name that mathtext cannot parse
 
 
+@pytest.mark.slow
 def test_a_class_name_with_dollars_is_drawn_as_text_and_the_report_is_written(tiny_env, tmp_path):
     names = [MATH if i == 1 else f"$x_{i}$ dog" for i in range(10)]
     recipe = tiny_recipe(iterations=3, batch=2, model={"name": "tiny-test-model", "categories": names}, steps=[

@@ -129,6 +129,7 @@ def small_run_sets(name: str) -> list[str]:
     return [f"iterations={iterations}", *sets]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_runs_a_few_iterations_on_the_real_mobilenet(name, mobilenet_path, tmp_path):
     sets = mobilenet_flags(mobilenet_path) + EXTRA_SETS.get(name, []) + small_run_sets(name)
