@@ -82,6 +82,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "pipeline_core.registry": ("Registry", "Entry", "PluginInfo"),
     "pipeline_core.errors": ("PipelineError", "RecipeError", "ModelLoadError", "OutputError", "RunFailed",
                              "PluginError", "Location", "closest", "did_you_mean"),
+    "pipeline_core.regular": ("NotRegularFile", "problem", "open_regular", "read_text", "read_bytes", "check"),
     "pipeline_core.testing": ("check_step", "registered", "run_recipe_dict", "tiny_recipe", "make_registry",
                               "plugin_manager", "installed_registry", "isolated_registry", "isolated_plugin_manager",
                               "tiny_model_def", "TinyNet", "TINY_MODEL", "TINY_CLASSES", "TINY_SIZE", "TINY_LAYERS"),

@@ -13,6 +13,8 @@ import errno
 import os
 import stat
 from pathlib import Path
+
+__all__ = ["NotRegularFile", "problem", "open_regular", "read_text", "read_bytes", "check"]
 from typing import IO
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),

@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from pydantic import Field
 from PIL import Image, ImageOps
 
-from pipeline_core import regular
+from pipeline_core.regular import problem as regular_problem
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import MAX_SIDE, Step, StepKind, StepParams
@@ -61,7 +61,7 @@ def load_photo(path: Path) -> torch.Tensor:
     if path.is_dir():
         raise RecipeError(f"{path} is a folder, not an image; name the photos or a glob such as "
                           f"'{path.name}/*.jpg'", Location(key="images"))
-    kind = regular.problem(path)
+    kind = regular_problem(path)
     if kind:  # a FIFO would make the decoder wait for ever
         raise RecipeError(f"the photo {path} is {kind}, not a regular file; name the image file itself",
                           Location(key="images"))
