@@ -255,16 +255,17 @@ def bench(recipe_path: str | Path, registry: Registry, overrides: Sequence[str] 
     recipe = load(iterations)
     # both loops with the engine's thread count (the recipe's, or the free cores)
     with using_threads(recipe.model.performance.threads):
-        return _bench(recipe, load, registry, iterations, warmup, rounds, device, progress, bare, bare_label, say)
+        return _bench(str(recipe_path), recipe, load, registry, iterations, warmup, rounds, device, progress,
+                      bare, bare_label, say)
 
 
-def _bench(recipe: Recipe, load: Callable[[int | None], Recipe], registry: Registry, iterations: int | None,
+def _bench(name: str, recipe: Recipe, load: Callable[[int | None], Recipe], registry: Registry, iterations: int | None,
            warmup: int, rounds: int, device: str | None, progress: Callable[[], Progress],
            bare: Callable[[Recipe, Registry, str | None], tuple[Measurement, np.ndarray]], bare_label: str,
            say: Callable[[str], None]) -> BenchReport:
     dev = pick_device(device or recipe.model.device)
     out = recipe.model.output
-    report = BenchReport(recipe=str(recipe_path), device=str(dev), batch=recipe.plan.batch,
+    report = BenchReport(recipe=name, device=str(dev), batch=recipe.plan.batch,
                          iterations=recipe.plan.iterations, warmup=warmup,
                          frame_every=out.frame_every if out.video else None, video=out.video, machine={},
                          load_before=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
