@@ -62,14 +62,20 @@ def _cpu_torch_line(lines: list[str]) -> str:
 
 
 def test_the_install_blocks_install_the_cpu_build_of_the_torch_the_package_accepts():
-    required = {re.split(r"[<>=!~ ]", r, 1)[0]: r.replace(" ", "")
+    from packaging.requirements import Requirement
+
+    required = {Requirement(r).name: Requirement(r).specifier
                 for r in _setup_cfg()["options"]["install_requires"].split("\n") if r.strip()}
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     for heading in ("Install and run", "Run the tests"):
         lines = _bash_block(heading)
         torch_line = _cpu_torch_line(lines)
-        assert torch_line.startswith("pip install ") and "--index-url https://download.pytorch.org/whl/cpu" in torch_line
-        assert f'"{required["torch"]}"' in torch_line and f'"{required["torchvision"]}"' in torch_line, \
-            (torch_line, required["torch"], required["torchvision"])
+        assert torch_line.startswith("pip install ") and \
+            "--extra-index-url https://download.pytorch.org/whl/cpu" in torch_line  # PyPI stays the fallback
+        for name in ("torch", "torchvision"):
+            pin = re.search(rf'"{name}==([0-9.]+)"', torch_line)
+            assert pin and pin.group(1) in required[name], (torch_line, required[name])  # one the package accepts
+            assert f'"{name}=={pin.group(1)}"' in ci, f"the README pins {name} {pin.group(1)}, CI another"
         others = [i for i, line in enumerate(lines) if line.startswith("pip install ") and line != torch_line]
         assert others and lines.index(torch_line) < min(others), "torch's CPU build comes first, or pip fetches CUDA's"
         section = README.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
@@ -80,11 +86,11 @@ def test_the_test_block_installs_and_runs_what_ci_does():
     lines = _bash_block("Run the tests")
     install = next(line for line in lines if line.startswith("pip install ") and "whl/cpu" not in line)
     examples = sorted({p.parent.name for name in ("setup.cfg", "pyproject.toml") for p in ROOT.glob(f"examples/*/{name}")})
-    assert '".[test]"' in install and examples, install
+    assert '".[test,timm]"' in install and examples, install
     for name in examples:  # .ci/run installs every example package
         assert f"examples/{name}" in install, f"the README's test block does not install examples/{name}, as CI does"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert '".[test]"' in ci and "examples/*/" in ci
+    assert '".[test,timm]"' in ci and "examples/*/" in ci
     ci_tests = [line.strip() for line in ci.splitlines() if line.strip().startswith("python -m pytest")]
     readme_tests = [line for line in lines if line.startswith("python -m pytest")]
     assert ci_tests == readme_tests[:1], (ci_tests, readme_tests)
