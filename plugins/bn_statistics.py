@@ -70,6 +70,8 @@ class BNStatisticsParams(StepParams):
     photos: str | list[str] | None = Field(
         None, description="Photos (paths or globs, relative to the recipe file) for source: photos (giving them "
                           "implies it); default: the ten ordinary photos shipped with the package.")
+    required: bool = Field(True, description="false: on a model without batch-norm layers (and no 'layers' named) "
+                                             "the step adds nothing and run.json says so, instead of refusing it.")
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +117,11 @@ class BNStatistics(Step):
         found = batchnorm_layers(module)
         paths = list(self.params.layers) if self.params.layers is not None else found
         where = Location(step_index=self.index, step_name=self.name, key="layers")
+        self.layer_paths: list[str] = []
+        if not paths and not self.params.required:
+            self.scale = torch.zeros(0, device=ctx.device)
+            self.targets_ = []
+            return
         if not paths:
             fix = "name the layers to read in 'layers'" if self.params.source == "photos" else "use a model with " \
                 "BatchNorm2d layers, or give 'source: photos' and 'layers' to match statistics of photographs"
@@ -130,7 +137,7 @@ class BNStatistics(Step):
                                   "to take them from photographs, or use weights with real batch-norm statistics "
                                   "(torchvision's)", where)
         ctx.model.add_layers(paths)
-        self.paths = paths
+        self.layer_paths = paths
         if self.params.source == "photos":
             self.targets_ = self._photo_statistics(ctx, paths)
         else:
@@ -181,11 +188,20 @@ class BNStatistics(Step):
             targets.append((mean.float(), (squares[p] / count[p] - mean.square()).clamp_min(0).float()))
         return targets
 
+    def record(self) -> dict:
+        if not hasattr(self, "layer_paths"):
+            return {}
+        if not self.layer_paths:
+            return {"layers": 0, "note": "the model has no batch-norm layers: nothing to match, the step added nothing"}
+        return {"layers": len(self.layer_paths), "source": self.params.source}
+
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
+        if not self.layer_paths:
+            return torch.zeros(self.batch, device=image.device)
         views = out.per_view()
         batch = self.batch
         total = torch.zeros(batch, device=image.device)
-        for (mean_t, var_t), path, s in zip(self.targets_, self.paths, self.scale):
+        for (mean_t, var_t), path, s in zip(self.targets_, self.layer_paths, self.scale):
             act = views.layer(path)  # (views * batch, C, H, W)
             if self.params.over == "batch":
                 dims = (0, *range(2, act.dim()))
@@ -200,8 +216,6 @@ class BNStatistics(Step):
                 total = total + s * term
         return self.params.weight * total
 
-    def record(self) -> dict:
-        return {"layers": len(getattr(self, "paths", []))}
 
 
 @hookimpl

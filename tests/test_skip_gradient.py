@@ -144,7 +144,7 @@ def test_best_class_recipe_runs_it_on_the_real_mobilenet(cli, mobilenet_path, tm
     loop): the branches are counted on the model, whatever the batch or the image size."""
     out = tmp_path / "run"
     sets = [a for s in MOBILENET_SETS for a in ("--set", s)]
-    small = ["iterations=4", "batch=1", "steps.7.target=castle", "steps.0.size=64", "output.video=false"]
+    small = ["iterations=4", "batch=1", "L1-loss.target=castle", "steps.0.size=64", "output.video=false"]
     proc = cli("run", str(RECIPES / "best_class.yaml"), *sets, *(a for s in small for a in ("--set", s)),
                "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr

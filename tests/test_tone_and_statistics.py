@@ -105,7 +105,7 @@ def test_the_penalty_follows_deepinversion_on_the_layer_input():
     net = _calibrated_tinynet()
     adapter = _adapter(net)
     step = _bound(adapter, batch=2, weight=1.0)
-    assert step.paths == ["features.1"] == batchnorm_layers(net)
+    assert step.layer_paths == ["features.1"] == batchnorm_layers(net)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.3 + 0.6  # bright and flat
     loss = step.loss(_Ctx(adapter), adapter(x).per_image(2), x)
     bn = net.features[1]
@@ -198,7 +198,11 @@ def test_photos_that_match_nothing_and_a_model_without_batch_norm_say_what_to_gi
     with pytest.raises(RecipeError, match="name the layers to read"):
         _bound(_adapter(plain.eval()), batch=1, photos=_photos(tmp_path / "p"))
     step = _bound(_adapter(plain.eval()), batch=1, photos=str(tmp_path / "p" / "*.png"), layers=["1"])
-    assert step.paths == ["1"]
+    assert step.layer_paths == ["1"]
+    optional = _bound(_adapter(plain.eval()), batch=2, source="photos", required=False)  # adds nothing, says so
+    x = torch.rand(2, 3, 32, 32)
+    assert optional.layer_paths == [] and torch.equal(optional.loss(None, None, x), torch.zeros(2))
+    assert "nothing to match" in optional.record()["note"]
 
 
 def test_bn_statistics_from_photos_in_a_real_recipe_relative_to_the_recipe_file(tmp_path):

@@ -32,7 +32,7 @@ CLASS = {
         {"step": "jitter", "pixels": 4},
         {"step": "blur", "on": "view", "kernel": 9, "sigma": 2.0, "until": 0.4},
         {"step": "L1-loss", "target": None, "C": 10000, "lambda": 0},
-        {"step": "bn-statistics", "source": "photos", "weight": 10},
+        {"step": "bn-statistics", "source": "photos", "weight": 10, "required": False},
         {"step": "adam", "lr": 0.05, "until": 0.75},
         {"step": "adam", "lr": 0.02, "from": 0.75},
     ],
