@@ -329,8 +329,10 @@ def test_ctrl_c_stops_the_sweep_with_130_and_the_same_command_resumes_to_the_sam
     from pipeline_core.run.engine import Run
     from pipeline_core.run.progress import Progress
 
+    # long enough batches (a few seconds each even on a quick, idle machine) that the rank's status
+    # file, written about once a second, shows the first one running before it ends
     file = write_sweep(tmp_path / "files", "recipe: recipe.yaml\naxes:\n  steps.3.target: [1, 2]\nbatch: 1\n",
-                       RECIPE.replace("iterations: 3", "iterations: 60"))
+                       RECIPE.replace("iterations: 3", "iterations: 300"))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline_core", "sweep", str(file), "--out", str(out)],
