@@ -53,6 +53,15 @@ def registry(request: pytest.FixtureRequest) -> Registry:
     return make_registry(*(mark.args if mark else ()))
 
 
+@pytest.fixture
+def in_process(registry: Registry, monkeypatch: pytest.MonkeyPatch):
+    """``cli.main`` with the module's registry (the tiny test model, no installed plugins)."""
+    from pipeline_core.commands import cli
+
+    monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
+    return cli.main
+
+
 @pytest.fixture(scope="session")
 def mobilenet_path() -> Path:
     if not MOBILENET.is_file():

@@ -533,13 +533,6 @@ def files(tmp_path_factory, registry) -> Path:
     return folder
 
 
-@pytest.fixture
-def in_process(registry, monkeypatch):
-    """``cli.main`` with the tiny test model in the registry (installed plugins are not loaded)."""
-    monkeypatch.setattr(cli, "_registry", lambda quiet=False: registry)
-    return cli.main
-
-
 def one_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]

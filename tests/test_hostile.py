@@ -60,12 +60,6 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    monkeypatch.setattr(cli, "_registry", lambda quiet=False: REGISTRY)
-    return cli.main
-
-
 def one_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]

@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_core.commands import cli
 from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.testing import make_registry, tiny_recipe
 
 REGISTRY = make_registry()
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    monkeypatch.setattr(cli, "_registry", lambda quiet=False: REGISTRY)
-    return cli.main
 
 
 @pytest.fixture

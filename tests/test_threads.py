@@ -17,12 +17,6 @@ REGISTRY = make_registry()
 
 
 @pytest.fixture
-def in_process(monkeypatch):
-    monkeypatch.setattr(cli, "_registry", lambda quiet=False: REGISTRY)
-    return cli.main
-
-
-@pytest.fixture
 def no_env(monkeypatch):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
