@@ -348,3 +348,29 @@ def test_sigkill_leaves_a_playable_video_and_a_whole_record_and_resume_repairs_t
     for name in ("000_class-3.png", "001_class-7.png"):
         assert (run_dir / "images" / name).read_bytes() == (reference_run / "images" / name).read_bytes()
     assert record(run_dir)["resumed"][0]["from_iteration"] == 6
+
+
+_IMPORT_STOP = """
+import os, signal, sys, types
+sys.path.insert(0, {folder!r})
+from pipeline_core.run.interrupts import startup_signals
+with startup_signals(exit_inside_imports={flag}):
+    try:
+        import stops_itself  # sends SIGINT to its own process while it is being imported
+    except KeyboardInterrupt:
+        print("raised")
+"""
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_stop_inside_an_import_leaves_at_once_for_the_command(flag, tmp_path):
+    """Raising inside an import can unwind through an extension's C++ start-up and abort the
+    process: for the command, a stop inside an import is the one line and 130 straight away."""
+    (tmp_path / "stops_itself.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                               "import time\ntime.sleep(0.5)\n")
+    done = subprocess.run([sys.executable, "-c", _IMPORT_STOP.format(folder=str(tmp_path), flag=flag)],
+                          capture_output=True, text=True, timeout=60)
+    if flag:
+        assert done.returncode == 130 and done.stderr.strip() == "interrupted (Ctrl-C)" and not done.stdout
+    else:
+        assert done.returncode == 0 and done.stdout.strip() == "raised"

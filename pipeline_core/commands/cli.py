@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline_core.run.interrupts import startup_signals
 
     try:
-        with startup_signals() as stopped:  # SIGINT, SIGTERM and SIGHUP outside a run: one line, 130
+        with startup_signals(exit_inside_imports=_AS_COMMAND) as stopped:  # SIGINT, SIGTERM and SIGHUP outside a run: one line, 130
             parser = build_parser()
             try:
                 args = parser.parse_args(argv)

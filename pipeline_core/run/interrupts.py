@@ -12,6 +12,7 @@ run.json or the video in half.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -84,20 +85,37 @@ class StartupFlag:
         self.signal_name: str | None = None
 
 
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code runs inside an import (importlib's frames below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
-def startup_signals() -> Iterator[StartupFlag]:
+def startup_signals(exit_inside_imports: bool = False) -> Iterator[StartupFlag]:
     """Until a run installs :func:`graceful_stop`: SIGINT, SIGTERM and SIGHUP stop the command as a
     Ctrl-C does (``KeyboardInterrupt``), so that a stop while it imports, validates or loads is
     the same one line and exit code 130 whichever signal it was; the flag remembers it, for a
-    library that swallowed the interrupt and failed on in its own way (main thread only)."""
+    library that swallowed the interrupt and failed on in its own way (main thread only).
+
+    With ``exit_inside_imports`` (the command, not a caller's process), a stop that lands while a
+    module is being imported prints the line and leaves at once: an exception raised there can
+    unwind through an extension's C++ start-up code (torch's), which aborts the process instead
+    of exiting 130, and an import has nothing of the user's to close."""
     flag = StartupFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
-    def handler(signum: int, _frame: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         flag.signal_name = flag.signal_name or name
+        if exit_inside_imports and _importing(frame):
+            os.write(2, f"interrupted ({name})\n".encode())
+            os._exit(130)
         raise KeyboardInterrupt(name)
 
     old = {}
