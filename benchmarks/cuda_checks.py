@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers, however the script is loaded
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BEST = ROOT / "recipes" / "best_class.yaml"
 
@@ -182,7 +185,7 @@ def main() -> int:
         if name in wanted:
             rows.append(fn(args))
             print(json.dumps(rows[-1]), flush=True)
-    (args.out / "cuda_checks.json").write_text(json.dumps({"device": where,
+    (args.out / "cuda_checks.json").write_text(json.dumps(provenance() | {"device": where,
                                                            "torch": torch.__version__, "checks": rows}, indent=2))
     for r in rows:
         print(f"{'PASS' if r['ok'] else 'FAIL'}  {r['check']}")

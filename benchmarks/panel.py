@@ -47,6 +47,9 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers, however the script is loaded
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RULES = ROOT / "benchmarks" / "panel_rules.yaml"
@@ -286,7 +289,7 @@ def score(args: argparse.Namespace) -> int:
         "answers_scored": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    Path(args.json).write_text(json.dumps(provenance() | result, indent=1) + "\n", encoding="utf-8")
     print_report([result])
     return 0
 
