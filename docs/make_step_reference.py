@@ -26,9 +26,8 @@ PAGE = Path(__file__).resolve().parent / "steps.md"
 #: what each kind does in an iteration, in the order the loop runs the kinds
 KIND_ROLE = {
     StepKind.INIT: "once, before the loop: the starting images",
-    StepKind.PARAM: "once: what the optimiser changes (pixels when no param step is given)",
-    StepKind.TRANSFORM: "every iteration: `on: image` changes the stored image, `on: view` only what the model sees "
-                        "this time",
+    StepKind.PARAM: "once: what the optimiser changes; pixels when the recipe has no param step",
+    StepKind.TRANSFORM: "every iteration: `on: image` changes the stored image, `on: view` only what the model sees",
     StepKind.OBJECTIVE: "every iteration, after the model: the terms summed into the loss",
     StepKind.UPDATE: "every iteration: the gradient step itself",
 }
