@@ -49,7 +49,8 @@ from pipeline_core.output.frames import to_uint8
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers, however the script is loaded
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers, however the script is loaded
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
