@@ -49,6 +49,10 @@ from pipeline_core.output.frames import to_uint8
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 CPU_RECIPE = HERE / "mobilenet_cpu.yaml"
 
@@ -328,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warmup = 2 if args.warmup is None else args.warmup
         data = cpu_suite(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(provenance() | data, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 

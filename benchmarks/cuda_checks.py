@@ -34,6 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BEST = ROOT / "recipes" / "best_class.yaml"
 
@@ -182,7 +186,7 @@ def main() -> int:
         if name in wanted:
             rows.append(fn(args))
             print(json.dumps(rows[-1]), flush=True)
-    (args.out / "cuda_checks.json").write_text(json.dumps({"device": where,
+    (args.out / "cuda_checks.json").write_text(json.dumps(provenance() | {"device": where,
                                                            "torch": torch.__version__, "checks": rows}, indent=2))
     for r in rows:
         print(f"{'PASS' if r['ok'] else 'FAIL'}  {r['check']}")

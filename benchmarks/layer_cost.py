@@ -16,8 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILENET = ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet.pth"
@@ -81,9 +86,10 @@ def main() -> None:
         print(f"  {name:8s}  {med[name]:.3f} s  ({per_it[name]:.1f} ms an iteration)")
     print(f"  channel / L1-loss = {ratio:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"rounds": args.rounds, "iterations": args.iterations, "batch": args.batch,
-                                         "size": args.size, "threads": args.threads, "loop_seconds": seconds,
-                                         "median_seconds": med, "ratio_channel_over_l1": ratio}, indent=2) + "\n")
+        args.json.write_text(json.dumps(provenance() | {
+            "rounds": args.rounds, "iterations": args.iterations, "batch": args.batch,
+            "size": args.size, "threads": args.threads, "loop_seconds": seconds,
+            "median_seconds": med, "ratio_channel_over_l1": ratio}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

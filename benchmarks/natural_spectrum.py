@@ -49,6 +49,10 @@ from PIL import Image
 
 from pipeline_core.parameterization import colour_mixing_matrix
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "images"
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"NATURAL_EXPONENT = {exponent}")
     print(f"NATURAL_CONTRAST = {round(contrast, 3)}")
     if args.json:
-        args.json.write_text(json.dumps({
+        args.json.write_text(json.dumps(provenance() | {
             "images": [p.name for p in paths], "windows": count, "crop": args.crop,
             "fmin": args.fmin, "fmax": args.fmax, "channels": fits,
             "pixel_std": target, "contrast": contrast,

@@ -47,6 +47,10 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RULES = ROOT / "benchmarks" / "panel_rules.yaml"
@@ -286,7 +290,7 @@ def score(args: argparse.Namespace) -> int:
         "answers_scored": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    Path(args.json).write_text(json.dumps(provenance() | result, indent=1) + "\n", encoding="utf-8")
     print_report([result])
     return 0
 

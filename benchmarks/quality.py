@@ -62,6 +62,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet.pth"
@@ -531,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         result["photo_survival"], result["unchanged_photos"] = photo_measures(
             items, run_info, runs, cmd, env, args.judges)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps(provenance() | result, indent=1) + "\n", encoding="utf-8")
     report(result)
     print(f"\nwritten: {out_json}")
     return 0

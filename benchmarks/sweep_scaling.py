@@ -26,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by its path (the tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(os.environ.get("PIPELINE_MOBILENET", ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet.pth"))
 
@@ -90,8 +94,8 @@ def main() -> None:
         print(f"| {r['kind']} | {r['wall_seconds']} | {r['jobs_per_minute_wall']} | {ranks} | "
               f"{r['jobs_per_minute_wall'] / base:.2f}x | {same} |")
     if args.json:
-        args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=2) + "\n")
+        record = provenance() | {"settings": vars(args) | {"json": str(args.json)}, "results": results}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def table(paths: list[Path]) -> list[dict]:
         row = {"views": views, "iterations": data["iterations"],
                "image_iterations_per_image": data["image_iterations"] // (len(data["classes"]) * data["starts"]),
                "wall_seconds": data["wall_seconds"], "images": len(data["classes"]) * data["starts"],
-               "luminance_std": data["tone"]["final_images"]["luminance_std"], "judges": {}}
+               "luminance_std": data["tone"]["final_images"]["luminance_std"], "judges": {},
+               # the point's own origin, as quality.py recorded it (older points did not)
+               "commit": data.get("commit", "not recorded"), "torch": data.get("torch", "not recorded")}
         for judge in data["judges"] + ["mean of judges"]:
             overall = data["scores"][judge]["overall"]
             row["judges"][judge] = {"top1": overall["top1"], "top5": overall["top5"]}
