@@ -238,7 +238,7 @@ def _source(recipe: _RecipeLike, overrides: list[str]) -> Any:
 
 def _overrides(spec: str | None, sets: Any, seed: Any, device: Any, borrowed: Any) -> list[str]:
     """The keyword arguments as the command's overrides, each labelled as the caller wrote it."""
-    from pipeline_core.commands.evaluate import model_overrides
+    from pipeline_core.recipe.model_arg import model_overrides
     from pipeline_core.recipe.source import Override
 
     found: list[str] = []
