@@ -59,7 +59,7 @@ def test_the_private_rooms_are_sub_packages_and_the_face_is_the_api():
     top = {p.stem for p in (ROOT / "pipeline_core").glob("*.py")} - {"__init__", "__main__"}
     assert {f"pipeline_core.{m}" for m in top} == set(PUBLIC_API) - {"pipeline_core"}
     rooms = {p.name for p in (ROOT / "pipeline_core").iterdir() if (p / "__init__.py").is_file()}
-    assert rooms == {"recipe", "run", "output", "host", "commands", "sweep", "scoring"}
+    assert rooms == {"recipe", "run", "output", "host", "commands", "sweep", "scoring", "kit"}
 
 
 def test_the_built_in_plugins_use_only_the_public_api():
