@@ -264,7 +264,8 @@ def _progress(show: bool) -> Any:
 
     if not show:
         return make_progress(True)
-    from pipeline_core.output.notebook import in_notebook, notebook_progress
+    from pipeline_core.output.notebook import in_notebook
+    from pipeline_core.run.progress import notebook_progress
 
     if in_notebook():
         return notebook_progress()

@@ -419,8 +419,7 @@ MAX_COMPOSED_SIDE = 16384
 def _check_frames(source: Source, rm: RecipeModel, batch: int) -> None:
     """The video frame and grid.png a run composes stay within :data:`MAX_COMPOSED_SIDE`, however
     large the image grows: a grid of too many columns or rows would kill the encoder mid-run."""
-    from pipeline_core.output.frames import MAX_FRAME_SIDE, auto_tile, columns_for
-    from pipeline_core.run.folder import MAX_GRID_SIDE
+    from pipeline_core.output.frames import MAX_FRAME_SIDE, MAX_GRID_SIDE, auto_tile, columns_for
 
     out = rm.output
     checks = [(False, None, MAX_GRID_SIDE, "grid.png")]
