@@ -19,11 +19,11 @@ from pipeline_core.context import RunContext
 from pipeline_core.errors import PluginError, RecipeError
 from pipeline_core.kit.tiny import TINY_CLASSES, TINY_MODEL, TINY_SIZE, TinyNet, make_registry, run_recipe_dict, tiny_recipe
 from pipeline_core.model import ModelAdapter
+from pipeline_core.plan import Plan
 from pipeline_core.recipe.loader import entry_model
-from pipeline_core.recipe.plan import Plan
-from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.recipe.schema import step_schema
 from pipeline_core.registry import Entry, Registry
+from pipeline_core.schedule import Schedule
 from pipeline_core.step import KIND_METHOD, StepKind
 
 
