@@ -84,6 +84,8 @@ def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameIn
     ``tile`` is the side of each image in pixels (default: the images' own size); with
     ``panels`` each image gets its logits plot beside it, the ``info.targets`` in red.
     """
+    # the video's own composer, imported when called: output (whose writers subclass Writer)
+    # sits above this module, and frames imports nothing of the package, so no circle forms
     from pipeline_core.output.frames import compose
 
     targets = info.targets if info is not None else None
