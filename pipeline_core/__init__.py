@@ -1,12 +1,14 @@
 """Run image classifiers in reverse: gradient descent on the input, driven by YAML recipes.
 
 The package's face is the plugin API: the top-level modules listed in
-:data:`pipeline_core.hookspecs.PUBLIC_API` (hooks, the step contract, the run context,
-models, objectives, image parameterisations, writers, the registry, errors and the testing
-kit). The sub-packages are the host's own rooms, private to it: ``recipe`` (reading and
-validating recipes), ``run`` (the engine), ``output`` (frames and video), ``host`` (loading
-plugins), ``commands`` (the command line) and ``sweep`` (one recipe over many settings,
-shared among torchrun's processes).
+:data:`pipeline_core.hookspecs.PUBLIC_API` (hooks, the step contract, the run context, the
+run's plan and a step's schedule, models, objectives, image parameterisations, writers, the
+registry, errors and the testing kit). The sub-packages are the host's own rooms, private to
+it, each importing only the face and the rooms below it: ``output`` (frames, video, metrics,
+the report), ``recipe`` (reading and validating recipes), ``host`` (loading plugins), ``run``
+(the engine), ``scoring`` (images scored by other classifiers), ``sweep`` (one recipe over many
+settings, shared among torchrun's processes), ``commands`` (the command line) and, on top
+with the Python API, ``kit`` (the testing kit's machinery, without pytest).
 
 For notebooks and scripts, the Python API (:mod:`pipeline_core.api`) is here too: ``run``,
 ``visualize``, ``layers``, ``classes``, ``Model`` and ``RunOutput`` (docs/python.md).

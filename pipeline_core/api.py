@@ -238,7 +238,7 @@ def _source(recipe: _RecipeLike, overrides: list[str]) -> Any:
 
 def _overrides(spec: str | None, sets: Any, seed: Any, device: Any, borrowed: Any) -> list[str]:
     """The keyword arguments as the command's overrides, each labelled as the caller wrote it."""
-    from pipeline_core.commands.evaluate import model_overrides
+    from pipeline_core.recipe.model_arg import model_overrides
     from pipeline_core.recipe.source import Override
 
     found: list[str] = []
@@ -264,7 +264,8 @@ def _progress(show: bool) -> Any:
 
     if not show:
         return make_progress(True)
-    from pipeline_core.output.notebook import in_notebook, notebook_progress
+    from pipeline_core.output.notebook import in_notebook
+    from pipeline_core.run.progress import notebook_progress
 
     if in_notebook():
         return notebook_progress()

@@ -15,8 +15,8 @@ for plugin authors, with a complete package, is ``docs/plugins.md``.
 Compatibility promise (:data:`API_VERSION`, ``MAJOR.MINOR``): the API is these hooks and
 exactly the names listed in :data:`PUBLIC_API`, imported from the modules it names (each
 module's ``__all__`` is that list). Everything else is private: the sub-packages
-``pipeline_core.recipe``, ``.run``, ``.output``, ``.host``, ``.sweep`` and ``.commands`` are the host's
-own rooms and change without notice, and so does any name with a leading underscore. A minor
+``pipeline_core.recipe``, ``.run``, ``.output``, ``.host``, ``.scoring``, ``.sweep``, ``.commands`` and
+``.kit`` are the host's own rooms and change without notice, and so does any name with a leading underscore. A minor
 bump only adds hooks, optional hook arguments, names, methods or optional attributes;
 existing plugins keep working. A major bump may remove or change something and is announced
 in the changelog one minor release ahead. A plugin that needs a given API declares it with a
@@ -41,7 +41,10 @@ change) and ``ModelAdapter.add_layers`` (hook layers found in the built model, f
 1.4 added ``Step.ramp`` (a parameter given as one number or ``[start, end]``, at an iteration).
 1.5 added the Python API (:mod:`pipeline_core.api`, also at the package's face: ``run``,
 ``visualize``, ``layers``, ``classes``, ``Model``, ``RunOutput``) and ``Registry.add_model_family``
-(models by a prefix, such as ``timm:NAME``, made when a recipe names one).
+(models by a prefix, such as ``timm:NAME``, made when a recipe names one). 1.6 made public what
+steps were already handed: :class:`pipeline_core.plan.Plan` (``bind(plan)``) and
+:class:`pipeline_core.schedule.Schedule` (``self.schedule``), which lived in the private
+``recipe`` room (still importable from there).
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -60,7 +63,7 @@ if TYPE_CHECKING:
 
 PROJECT = "pipeline_core"
 ENTRY_POINT_GROUP = "pipeline_core.plugins"
-API_VERSION = "1.5"
+API_VERSION = "1.6"
 
 #: What a plugin may import, by module: the promise above, as data (a test imports every name
 #: from its module and checks that no module offers more).
@@ -72,6 +75,8 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
                                 "register_steps", "register_models", "register_outputs"),
     "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
     "pipeline_core.context": ("RunContext", "step_seed", "to_device"),
+    "pipeline_core.plan": ("Plan",),
+    "pipeline_core.schedule": ("Schedule",),
     "pipeline_core.model": ("LAYER_PREFIX", "HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput",
                             "ModelAdapter", "layer_head", "layer_paths"),
     "pipeline_core.objectives": ("ClassRef", "Targets", "ClassParams", "ClassObjective", "resolve_classes",

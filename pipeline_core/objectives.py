@@ -23,7 +23,7 @@ from pydantic import Field, StrictInt
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.model import layer_head
-from pipeline_core.recipe.plan import Plan
+from pipeline_core.plan import Plan
 from pipeline_core.step import Step, StepKind, StepParams
 
 if TYPE_CHECKING:

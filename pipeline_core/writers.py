@@ -17,6 +17,8 @@ plugin does not have to reach into the host's internals.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -82,6 +84,8 @@ def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameIn
     ``tile`` is the side of each image in pixels (default: the images' own size); with
     ``panels`` each image gets its logits plot beside it, the ``info.targets`` in red.
     """
+    # the video's own composer, imported when called: output (whose writers subclass Writer)
+    # sits above this module, and frames imports nothing of the package, so no circle forms
     from pipeline_core.output.frames import compose
 
     targets = info.targets if info is not None else None
@@ -90,7 +94,26 @@ def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameIn
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: whole or absent."""
-    from pipeline_core.run.record import atomic_write_bytes
+    """Write ``data`` to ``path`` through a temporary file and a rename: whole or absent.
 
-    atomic_write_bytes(Path(path), data)
+    The host writes run.json, checkpoints and reports with this same function, so a writer's
+    file is as safe as the run's own."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -59,7 +59,7 @@ def test_the_private_rooms_are_sub_packages_and_the_face_is_the_api():
     top = {p.stem for p in (ROOT / "pipeline_core").glob("*.py")} - {"__init__", "__main__"}
     assert {f"pipeline_core.{m}" for m in top} == set(PUBLIC_API) - {"pipeline_core"}
     rooms = {p.name for p in (ROOT / "pipeline_core").iterdir() if (p / "__init__.py").is_file()}
-    assert rooms == {"recipe", "run", "output", "host", "commands", "sweep"}
+    assert rooms == {"recipe", "run", "output", "host", "commands", "sweep", "scoring", "kit"}
 
 
 def test_the_built_in_plugins_use_only_the_public_api():
@@ -73,3 +73,15 @@ def test_the_built_in_plugins_use_only_the_public_api():
                 if bad:
                     offenders.append(f"{path.name}: from {node.module} import {', '.join(bad)}")
     assert not offenders, offenders
+
+
+def test_the_plan_and_schedule_steps_are_handed_are_public_and_the_old_paths_still_give_them():
+    """bind(plan) and self.schedule were typed by classes in the private recipe room (API 1.6)."""
+    from pipeline_core.plan import Plan
+    from pipeline_core.recipe.plan import Plan as OldPlan
+    from pipeline_core.recipe.schedule import Schedule as OldSchedule
+    from pipeline_core.schedule import Schedule
+
+    assert OldPlan is Plan and OldSchedule is Schedule
+    plan = Plan(iterations=4, batch=2, categories=["cat", "dog"], model_name="m", model_size=32, seed=0)
+    assert plan.per_image("dog") == [1, 1] and Schedule.always(4).progress(3) == 1.0

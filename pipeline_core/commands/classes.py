@@ -13,13 +13,12 @@ import json
 from pathlib import Path
 
 from pipeline_core.recipe.classnames import ClassNames, class_key
+from pipeline_core.recipe.model_arg import module_from_arg
 from pipeline_core.registry import Registry
 
 
 def list_classes(text: str, registry: Registry, base: Path | None = None) -> tuple[str, list[str]]:
     """(model name, its class names in index order)."""
-    from pipeline_core.commands.layers import module_from_arg
-
     _module, info, name = module_from_arg(text, registry, base)
     return name, list(info.categories)
 

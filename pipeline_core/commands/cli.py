@@ -60,7 +60,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
     sets: list[str] = [AddStep(text, f"--add-step {text}") for text in getattr(args, "add_step", None) or []]
     if getattr(args, "model", None):
-        from pipeline_core.commands.evaluate import model_overrides
+        from pipeline_core.recipe.model_arg import model_overrides
 
         sets += model_overrides(args.model)
     sets += list(getattr(args, "set", None) or [])

@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline_core.errors import RecipeError
 from pipeline_core.model import ModelAdapter, layer_paths
+from pipeline_core.recipe.model_arg import RUN_KEYS, module_from_arg, parse_model_arg
 from pipeline_core.registry import Registry
 
 #: the largest input side ``--size`` takes: one CPU forward pass of a big model must stay quick
@@ -66,25 +67,11 @@ def folded_batchnorms(weights: Path | None, paths: list[str]) -> list[str]:
     return out
 
 
-def module_from_arg(text: str, registry: Registry, base: Path | None = None) -> tuple[nn.Module, Any, str]:
-    """(module, its ModelInfo, model name) for a ``NAME[,KEY=VALUE...]`` argument, from the skeleton
-    where the model has one (nothing downloaded); the listing commands share it. Weights named in
-    the argument are loaded as a run loads them, so a file that is not this model's weights (a
-    text file, another architecture's) is one clear line, not a listing of something else."""
-    from pipeline_core.commands.evaluate import RUN_KEYS, build_module, parse_model_arg
-
-    model = parse_model_arg(text, base, RUN_KEYS)
-    module, info = build_module(model, registry, skeleton=getattr(model, "weights", None) is None)
-    return module, info, model.name
-
-
 def list_layers(text: str, registry: Registry, size: int | None = None, base: Path | None = None) -> tuple[str, int, list[LayerRow]]:
     """(model name, input side, one row per module) from one forward pass on the CPU."""
     if size is not None and not 8 <= size <= MAX_LIST_SIDE:
         raise RecipeError(f"--size {size}: give a side from 8 to {MAX_LIST_SIDE} px (the shapes scale with it; "
                           "a larger side only costs time)")
-    from pipeline_core.commands.evaluate import RUN_KEYS, parse_model_arg
-
     module, info, name = module_from_arg(text, registry, base)
     weights = parse_model_arg(text, base, RUN_KEYS).weights
     adapter = ModelAdapter(module, info)

@@ -46,6 +46,9 @@ def columns_for(n: int, with_panel: bool) -> int:
 #: the longer side of a video frame when the recipe sets no ``output.tile``: big batches get
 #: smaller tiles instead of frames that H.264 players refuse and that cost seconds to compose
 MAX_FRAME_SIDE = 2048
+#: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size); here
+#: beside the frame's limit because recipe validation checks both before anything runs
+MAX_GRID_SIDE = 8192
 #: the smallest automatic tile; a batch that needs less than this makes a larger frame
 MIN_AUTO_TILE = 16
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from pipeline_core import regular
+from pipeline_core.writers import write_atomically
 
 FILE = "metrics.jsonl"
 
@@ -58,11 +59,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def trim_metrics(path: Path, iteration: int) -> list[dict[str, Any]]:
     """Keep only the lines up to ``iteration`` (a resume's checkpoint); returns them."""
-    from pipeline_core.run.record import atomic_write_bytes
-
     rows = [r for r in read_metrics(path) if r["iteration"] <= iteration]
     if path.exists():
-        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+        write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
     return rows
 
 

@@ -1,7 +1,8 @@
 """A run seen from a notebook: its progress in the cell, its output shown inline.
 
 In Jupyter the progress is a rich progress bar rendered to HTML and redrawn in place in the
-cell's output (an IPython display handle), at the rate the loop already reads its numbers; on a
+cell's output (an IPython display handle), at the rate the loop already reads its numbers
+(:class:`pipeline_core.run.progress.NotebookProgress`, beside the terminal's reporters); on a
 terminal the command's own bar is used. :func:`result_html` is what
 :class:`pipeline_core.api.RunOutput` shows: the status, the grid, the video and a link to the report.
 """
@@ -18,8 +19,6 @@ from typing import Any
 
 import torch
 
-from pipeline_core.run.progress import Progress
-
 #: a video larger than this is linked rather than embedded in the notebook
 EMBED_VIDEO_BYTES = 8 * 2**20
 
@@ -34,72 +33,6 @@ def in_notebook() -> bool:
     except Exception:  # noqa: BLE001
         return False
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
-
-
-class NotebookProgress(Progress):
-    """rich's progress bar, drawn into the cell's output through one display handle."""
-
-    interval = 0.5
-
-    def __init__(self) -> None:
-        super().__init__()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
-        from rich.progress import TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                TextColumn("loss {task.fields[loss]}  p(target) {task.fields[prob]}"),
-                                auto_refresh=False)
-        self.task: Any = None
-        self.handle: Any = None
-        self.lines: list[str] = []
-
-    def _html(self) -> dict[str, str]:
-        from rich.console import Console
-
-        console = Console(record=True, width=110, file=open(os.devnull, "w"), force_jupyter=False,
-                          force_terminal=True, color_system="truecolor")
-        console.print(self.bar.get_renderable())
-        for line in self.lines:
-            console.print(line, markup=False, highlight=False)
-        text = console.export_text(clear=False)
-        body = console.export_html(inline_styles=True, code_format="<pre style='margin:0'>{code}</pre>")
-        console.file.close()
-        return {"text/plain": text, "text/html": body}
-
-    def _show(self) -> None:
-        from IPython.display import display
-
-        data = self._html()
-        if self.handle is None:
-            self.handle = display(data, raw=True, display_id=True)
-        else:
-            self.handle.update(data, raw=True)
-
-    def start(self, total: int, description: str, done: int = 0) -> None:
-        self.task = self.bar.add_task(description, total=total, completed=done, loss="-", prob="-")
-        self._show()
-
-    def update(self, done: int, loss: float, prob: float | None) -> None:
-        if self.task is None:
-            return
-        self.bar.update(self.task, completed=done, loss=f"{loss:.4g}", prob="-" if prob is None else f"{prob:.3f}")
-        self._show()
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self._show()
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-        if self.handle is not None:
-            self._show()
-        else:
-            print(text, file=sys.stderr)
-
-
-def notebook_progress() -> Progress:
-    return NotebookProgress()
 
 
 def final_images(result: Any, engine: Any) -> tuple[torch.Tensor | None, list[str | None], list[float | None]]:

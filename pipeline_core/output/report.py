@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline_core.output.metrics import FILE as METRICS_FILE, read_metrics
+from pipeline_core.writers import write_atomically
 
 REPORT = "report.html"
 ATLAS = "atlas.html"
@@ -199,11 +200,9 @@ def render_report(run_dir: Path) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Write ``run_dir``/report.html (atomically); its path."""
-    from pipeline_core.run.record import atomic_write_bytes
-
     run_dir = Path(run_dir)
     path = run_dir / REPORT
-    atomic_write_bytes(path, render_report(run_dir).encode("utf-8"))
+    write_atomically(path, render_report(run_dir).encode("utf-8"))
     return path
 
 
@@ -281,11 +280,9 @@ def render_atlas(sweep_dir: Path) -> str:
 
 def write_atlas(sweep_dir: Path) -> Path:
     """Write ``sweep_dir``/atlas.html (atomically) from its sweep.json; its path."""
-    from pipeline_core.run.record import atomic_write_bytes
-
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / ATLAS
-    atomic_write_bytes(path, render_atlas(sweep_dir).encode("utf-8"))
+    write_atomically(path, render_atlas(sweep_dir).encode("utf-8"))
     return path
 
 

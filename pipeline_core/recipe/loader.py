@@ -21,12 +21,13 @@ from pydantic import BaseModel, ValidationError, create_model
 from pipeline_core import regular
 from pipeline_core.errors import Location, ModelLoadError, RecipeError, _printable, did_you_mean
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec, _skeleton_layers, _unknown_layer
+from pipeline_core.plan import Plan
 from pipeline_core.recipe.messages import describe, raise_validation
-from pipeline_core.recipe.plan import Plan
-from pipeline_core.recipe.schedule import Schedule, ScheduleFields, resolve
+from pipeline_core.recipe.schedule import ScheduleFields, resolve
 from pipeline_core.recipe.sections import MAX_BATCH, RecipeModel
 from pipeline_core.recipe.source import PathKey, Source, apply_override, expand_user, parse, read_text
 from pipeline_core.registry import Registry
+from pipeline_core.schedule import Schedule
 from pipeline_core.step import Step, StepKind
 
 
@@ -419,8 +420,7 @@ MAX_COMPOSED_SIDE = 16384
 def _check_frames(source: Source, rm: RecipeModel, batch: int) -> None:
     """The video frame and grid.png a run composes stay within :data:`MAX_COMPOSED_SIDE`, however
     large the image grows: a grid of too many columns or rows would kill the encoder mid-run."""
-    from pipeline_core.output.frames import MAX_FRAME_SIDE, auto_tile, columns_for
-    from pipeline_core.run.folder import MAX_GRID_SIDE
+    from pipeline_core.output.frames import MAX_FRAME_SIDE, MAX_GRID_SIDE, auto_tile, columns_for
 
     out = rm.output
     checks = [(False, None, MAX_GRID_SIDE, "grid.png")]

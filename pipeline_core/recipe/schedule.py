@@ -5,15 +5,17 @@ The loop, not each step, decides this, so every step gets the article's curricul
 ``every: 5`` is "one iteration in five".
 
 A bound written as an integer is an iteration number; a float in [0, 1] or a string such as
-``"75%"`` is a fraction of the run. ``until`` is exclusive.
+``"75%"`` is a fraction of the run. ``until`` is exclusive. The resolved :class:`Schedule` a
+step is handed is public (:mod:`pipeline_core.schedule`); reading the keys is the recipe's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline_core.schedule import Schedule
 
 Bound = Union[int, float, str]
 
@@ -66,27 +68,6 @@ class ScheduleFields(BaseModel):
     @classmethod
     def _bounds(cls, value: Bound | None) -> Bound | None:
         return _check_bound(value)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A resolved schedule: plain iteration numbers, start inclusive, stop exclusive."""
-
-    start: int
-    stop: int
-    every: int = 1
-
-    def active(self, iteration: int) -> bool:
-        return self.start <= iteration < self.stop and (iteration - self.start) % self.every == 0
-
-    def progress(self, iteration: int) -> float:
-        """How far through its own window the step is, 0 at start and 1 at the last active iteration."""
-        span = max(self.stop - 1 - self.start, 1)
-        return min(max((iteration - self.start) / span, 0.0), 1.0)
-
-    @classmethod
-    def always(cls, iterations: int) -> "Schedule":
-        return cls(0, iterations, 1)
 
 
 def resolve_bound(value: Bound | None, iterations: int, default: int) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline_core.context import RunContext
-from pipeline_core.output.frames import auto_tile, compose, to_uint8
+from pipeline_core.output.frames import MAX_GRID_SIDE, auto_tile, compose, to_uint8
 from pipeline_core.output.metrics import FILE as METRICS_FILE, MetricsLog
 from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
@@ -36,8 +36,6 @@ from pipeline_core.run.faults import step_label
 from pipeline_core.step import Step, StepKind
 from pipeline_core.writers import FrameInfo, Writer
 
-#: grid.png of a big batch gets smaller tiles past this side (the PNGs keep full size)
-MAX_GRID_SIDE = 8192
 REPORT_FILE = "report.html"
 
 

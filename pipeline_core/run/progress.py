@@ -3,15 +3,18 @@
 Reading the loss costs a device synchronisation, so the loop asks :meth:`Progress.due` (a
 clock check, free) and only then reads numbers. On a terminal a rich progress bar shows
 iteration, rate, ETA, loss and the target's probability; when the output is a file or a pipe,
-a plain line is printed every few seconds instead, so logs stay readable.
+a plain line is printed every few seconds instead, so logs stay readable; in a Jupyter cell
+(the Python API) the bar is drawn into the cell's output.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -156,6 +159,69 @@ class LineProgress(Progress):
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+
+class NotebookProgress(Progress):
+    """rich's progress bar, drawn into the cell's output through one display handle."""
+
+    interval = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                TextColumn("loss {task.fields[loss]}  p(target) {task.fields[prob]}"),
+                                auto_refresh=False)
+        self.task: Any = None
+        self.handle: Any = None
+        self.lines: list[str] = []
+
+    def _html(self) -> dict[str, str]:
+        from rich.console import Console
+
+        console = Console(record=True, width=110, file=open(os.devnull, "w"), force_jupyter=False,
+                          force_terminal=True, color_system="truecolor")
+        console.print(self.bar.get_renderable())
+        for line in self.lines:
+            console.print(line, markup=False, highlight=False)
+        text = console.export_text(clear=False)
+        body = console.export_html(inline_styles=True, code_format="<pre style='margin:0'>{code}</pre>")
+        console.file.close()
+        return {"text/plain": text, "text/html": body}
+
+    def _show(self) -> None:
+        from IPython.display import display
+
+        data = self._html()
+        if self.handle is None:
+            self.handle = display(data, raw=True, display_id=True)
+        else:
+            self.handle.update(data, raw=True)
+
+    def start(self, total: int, description: str, done: int = 0) -> None:
+        self.task = self.bar.add_task(description, total=total, completed=done, loss="-", prob="-")
+        self._show()
+
+    def update(self, done: int, loss: float, prob: float | None) -> None:
+        if self.task is None:
+            return
+        self.bar.update(self.task, completed=done, loss=f"{loss:.4g}", prob="-" if prob is None else f"{prob:.3f}")
+        self._show()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self._show()
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+        if self.handle is not None:
+            self._show()
+        else:
+            print(text, file=sys.stderr)
+
+
+def notebook_progress() -> Progress:
+    return NotebookProgress()
 
 
 def make_progress(quiet: bool, console: Console | None = None) -> Progress:

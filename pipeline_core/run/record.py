@@ -20,7 +20,6 @@ import re
 import shutil
 import platform
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,27 +35,12 @@ import torch
 from PIL import Image
 
 from pipeline_core.errors import OutputError
+from pipeline_core.writers import write_atomically
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: the run folder's files are written through the public helper writer plugins use (a temporary
+#: file, fsync, rename: whole or absent), under the name the host's modules know it by
+atomic_write_bytes = write_atomically
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

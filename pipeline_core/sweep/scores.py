@@ -1,6 +1,6 @@
 """``pipeline evaluate SWEEP_DIR``: a sweep's images scored job by job, in tables by class and by axis value.
 
-The per-run machinery of :mod:`pipeline_core.commands.evaluate` does the scoring; this module
+The per-run machinery of :mod:`pipeline_core.scoring` does the scoring; this module
 adds what only a sweep has: many run folders scored with each model loaded once, every job's
 score written back into sweep.json (the atlas page sorts by it), and tables per value of each
 axis.
@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pipeline_core.commands.evaluate import (FILE, SWEEP_FILE, EvalModel, Tally, build_adapter, load_images,
-                                             read_run, score)
+from pipeline_core import regular
 from pipeline_core.errors import OutputError, RecipeError, _printable
+from pipeline_core.recipe.model_arg import EvalModel
+from pipeline_core.run.device import pick_device
 from pipeline_core.run.record import atomic_write_json
+from pipeline_core.scoring.images import load_images, read_run
+from pipeline_core.scoring.score import FILE, SWEEP_FILE, Tally, build_adapter, score
 
 if TYPE_CHECKING:
     from pipeline_core.registry import Registry
@@ -35,10 +38,6 @@ def evaluate_sweep(sweep_dir: Path, models: Sequence[EvalModel], registry: Regis
     and per value of each axis; each job's target probability goes into its ``score`` in
     sweep.json (under the model's label), and the whole into the sweep folder's evaluation.json.
     """
-    from pipeline_core.run.device import pick_device
-
-    from pipeline_core import regular
-
     path = sweep_dir / SWEEP_FILE
     try:
         index = json.loads(regular.read_text(path))  # a FIFO is refused, never waited on

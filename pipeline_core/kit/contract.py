@@ -2,7 +2,8 @@
 
 The checks are the host's knowledge of the step contract (:mod:`pipeline_core.step`) turned
 into assertions, each failure naming what to change. They live here rather than in the
-public testing module so that the kit's face stays small.
+public testing module so that the kit's face stays small, and beside the tiny world they run
+in (:mod:`.tiny`) rather than in the host, which never imports the kit (nor pytest).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from pydantic import ValidationError
 
 from pipeline_core.context import RunContext
 from pipeline_core.errors import PluginError, RecipeError
+from pipeline_core.kit.tiny import TINY_CLASSES, TINY_MODEL, TINY_SIZE, TinyNet, make_registry, run_recipe_dict, tiny_recipe
 from pipeline_core.model import ModelAdapter
+from pipeline_core.plan import Plan
 from pipeline_core.recipe.loader import entry_model
-from pipeline_core.recipe.plan import Plan
-from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.recipe.schema import step_schema
 from pipeline_core.registry import Entry, Registry
+from pipeline_core.schedule import Schedule
 from pipeline_core.step import KIND_METHOD, StepKind
-from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TINY_SIZE, TinyNet, make_registry, run_recipe_dict, tiny_recipe
 
 
 def _devices() -> list[str]:
