@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import statistics
@@ -295,6 +296,44 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval of a rate of k in n: a dozen images per panel leave wide margins,
+    and the report says how wide instead of letting one panel's count pass for the rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pool_sources(results: list[dict[str, Any]], groups: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every panel's answers of one source together (``groups`` maps a panel's source label to
+    the name it is pooled under: the same recipe's seeds, each named by its own observer)."""
+    out: dict[str, dict[str, Any]] = {}
+    for res in results:
+        for r in res["answers_scored"]:
+            name = groups.get(r["source"], r["source"])
+            g = out.setdefault(name, {"panels": set(), "images": 0, "strict_count": 0, "basic_count": 0})
+            g["panels"].add(Path(res["answers"]).stem)
+            g["images"] += 1
+            g["strict_count"] += bool(r["strict"])
+            g["basic_count"] += bool(r["basic"])
+    for g in out.values():
+        g["panels"] = sorted(g["panels"])
+        g["strict_interval"] = [round(x, 3) for x in wilson(g["strict_count"], g["images"])]
+        g["basic_interval"] = [round(x, 3) for x in wilson(g["basic_count"], g["images"])]
+    return out
+
+
+def print_pooled(table: dict[str, dict[str, Any]]) -> None:
+    print("\n| source (pooled) | panels | images | strict [95% interval] | basic [95% interval] |\n|---|---|---:|---:|---:|")
+    for name, g in sorted(table.items()):
+        (sl, sh), (bl, bh), n = g["strict_interval"], g["basic_interval"], g["images"]
+        print(f"| {name} | {', '.join(g['panels'])} | {n} | {g['strict_count'] / n:.0%} ({g['strict_count']}) "
+              f"[{sl:.0%}-{sh:.0%}] | {g['basic_count'] / n:.0%} ({g['basic_count']}) [{bl:.0%}-{bh:.0%}] |")
+
+
 def print_report(results: list[dict[str, Any]]) -> None:
     print("| panel | source | images | strict | basic |\n|---|---|---:|---:|---:|")
     for res in results:
@@ -333,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", required=True)
     r = sub.add_parser("report", help="tables of scored panels")
     r.add_argument("scores", nargs="+")
+    r.add_argument("--pool", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
+                   help="pool these panels' sources under one name (e.g. one recipe's seeds, each seen by "
+                        "its own observer); the pooled table gives 95%% intervals")
+    r.add_argument("--json", help="also write the pooled table to this JSON file")
     args = ap.parse_args(argv)
     if args.command == "prepare":
         if Path(args.key).resolve().is_relative_to(Path(args.out).resolve()):
@@ -341,7 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "score":
         return score(args)
     results = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.scores]
+    groups = {}
+    for spec in args.pool:
+        name, _, labels = spec.partition("=")
+        if not name or not labels:
+            ap.error(f"--pool {spec!r}: expected NAME=LABEL[,LABEL...]")
+        groups.update({label.strip(): name for label in labels.split(",")})
     print_report(results)
+    table = pool_sources(results, groups)
+    print_pooled(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(provenance() | {"panels": args.scores, "pooled": table}, indent=1) + "\n",
+                                   encoding="utf-8")
     if len(results) > 1:  # one panel's dozen images say little; all of them together, more
         pooled = tracking([r for res in results for r in res["answers_scored"]])
         made = sum(r["source"] != "photo" for res in results for r in res["answers_scored"])

@@ -132,3 +132,26 @@ def test_a_transfiguration_is_scored_for_its_class_and_its_photo_in_either_answe
     assert rows["mantis"]["strict"] and rows["mantis"]["photo_named"]
     assert not rows["flagpole"]["basic"] and rows["flagpole"]["photo_named"]
     assert result["per_source"]["ours"]["strict_and_photo"] == 0.5
+
+
+def test_report_pools_one_recipes_panels_with_95_percent_intervals(tmp_path, capsys):
+    """Two observers, one recipe's two seeds: pooled under one name, with the Wilson interval a
+    dozen images leave (a published figure, e.g. 7 of 24)."""
+    panel = _panel()
+    assert panel.wilson(0, 0) == (0.0, 1.0)
+    low, high = panel.wilson(7, 24)
+    assert round(low, 3) == 0.149 and round(high, 3) == 0.492
+    files = []
+    for label, named in (("seed0", [True, False, False]), ("seed1", [True, True, False])):
+        rows = [{"source": label, "strict": s, "basic": s} for s in named]
+        rows.append({"source": "photo", "strict": True, "basic": True})
+        f = tmp_path / f"{label}.json"
+        f.write_text(json.dumps({"answers": f"/x/{label}.txt", "per_source": {}, "answers_scored": rows}))
+        files.append(str(f))
+    out = tmp_path / "pooled.json"
+    assert panel.main(["report", *files, "--pool", "plausible=seed0,seed1", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["pooled"]
+    assert table["plausible"]["images"] == 6 and table["plausible"]["strict_count"] == 3
+    assert table["plausible"]["panels"] == ["seed0", "seed1"] and table["photo"]["images"] == 2
+    assert table["plausible"]["strict_interval"] == [round(x, 3) for x in panel.wilson(3, 6)]
+    assert "| plausible | seed0, seed1 | 6 | 50% (3)" in capsys.readouterr().out
