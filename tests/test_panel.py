@@ -143,8 +143,8 @@ def test_report_pools_one_recipes_panels_with_95_percent_intervals(tmp_path, cap
     assert round(low, 3) == 0.149 and round(high, 3) == 0.492
     files = []
     for label, named in (("seed0", [True, False, False]), ("seed1", [True, True, False])):
-        rows = [{"source": label, "strict": s, "basic": s} for s in named]
-        rows.append({"source": "photo", "strict": True, "basic": True})
+        rows = [{"source": label, "strict": s, "basic": s, "statistics": {}} for s in named]
+        rows.append({"source": "photo", "strict": True, "basic": True, "statistics": {}})
         f = tmp_path / f"{label}.json"
         f.write_text(json.dumps({"answers": f"/x/{label}.txt", "per_source": {}, "answers_scored": rows}))
         files.append(str(f))
