@@ -309,11 +309,13 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def pool_sources(results: list[dict[str, Any]], groups: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Every panel's answers of one source together (``groups`` maps a panel's source label to
-    the name it is pooled under: the same recipe's seeds, each named by its own observer)."""
+    the name it is pooled under: the same recipe's seeds, each named by its own observer; a
+    label of one panel only as ``PANEL:LABEL``, PANEL being its answers file's name)."""
     out: dict[str, dict[str, Any]] = {}
     for res in results:
+        stem = Path(res["answers"]).stem
         for r in res["answers_scored"]:
-            name = groups.get(r["source"], r["source"])
+            name = groups.get(f"{stem}:{r['source']}", groups.get(r["source"], r["source"]))
             g = out.setdefault(name, {"panels": set(), "images": 0, "strict_count": 0, "basic_count": 0})
             g["panels"].add(Path(res["answers"]).stem)
             g["images"] += 1
@@ -372,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", required=True)
     r = sub.add_parser("report", help="tables of scored panels")
     r.add_argument("scores", nargs="+")
-    r.add_argument("--pool", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
+    r.add_argument("--pool", action="append", default=[], metavar="NAME=[PANEL:]LABEL[,...]",
                    help="pool these panels' sources under one name (e.g. one recipe's seeds, each seen by "
-                        "its own observer); the pooled table gives 95%% intervals")
+                        "its own observer; PANEL:LABEL for one panel's label); the pooled table gives 95%% intervals")
     r.add_argument("--json", help="also write the pooled table to this JSON file")
     args = ap.parse_args(argv)
     if args.command == "prepare":

@@ -142,16 +142,19 @@ def test_report_pools_one_recipes_panels_with_95_percent_intervals(tmp_path, cap
     low, high = panel.wilson(7, 24)
     assert round(low, 3) == 0.149 and round(high, 3) == 0.492
     files = []
-    for label, named in (("seed0", [True, False, False]), ("seed1", [True, True, False])):
+    for label, named in (("seed0", [True, False, False]), ("seed1", [True, True, False]), ("other", [False])):
         rows = [{"source": label, "strict": s, "basic": s, "statistics": {}} for s in named]
         rows.append({"source": "photo", "strict": True, "basic": True, "statistics": {}})
         f = tmp_path / f"{label}.json"
         f.write_text(json.dumps({"answers": f"/x/{label}.txt", "per_source": {}, "answers_scored": rows}))
         files.append(str(f))
     out = tmp_path / "pooled.json"
-    assert panel.main(["report", *files, "--pool", "plausible=seed0,seed1", "--json", str(out)]) == 0
+    # the same label in another panel stays apart unless named: PANEL:LABEL picks one panel's
+    (tmp_path / "other.json").write_text((tmp_path / "other.json").read_text().replace('"other"', '"seed0"'))
+    assert panel.main(["report", *files, "--pool", "plausible=seed0:seed0,seed1", "--json", str(out)]) == 0
     table = json.loads(out.read_text())["pooled"]
     assert table["plausible"]["images"] == 6 and table["plausible"]["strict_count"] == 3
-    assert table["plausible"]["panels"] == ["seed0", "seed1"] and table["photo"]["images"] == 2
+    assert table["plausible"]["panels"] == ["seed0", "seed1"] and table["photo"]["images"] == 3
+    assert table["seed0"] == {**table["seed0"], "panels": ["other"], "images": 1, "strict_count": 0}
     assert table["plausible"]["strict_interval"] == [round(x, 3) for x in panel.wilson(3, 6)]
     assert "| plausible | seed0, seed1 | 6 | 50% (3)" in capsys.readouterr().out
