@@ -71,7 +71,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "pipeline_core.hookspecs": ("PROJECT", "ENTRY_POINT_GROUP", "API_VERSION", "PUBLIC_API", "hookspec", "hookimpl",
                                 "register_steps", "register_models", "register_outputs"),
     "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
-    "pipeline_core.context": ("RunContext", "step_seed", "to_device"),
+    "pipeline_core.context": ("RunContext", "seeded_draw", "step_seed", "to_device"),
     "pipeline_core.model": ("LAYER_PREFIX", "HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput",
                             "ModelAdapter", "layer_head", "layer_paths"),
     "pipeline_core.objectives": ("ClassRef", "Targets", "ClassParams", "ClassObjective", "resolve_classes",
