@@ -9,7 +9,7 @@ seed gives the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
@@ -17,14 +17,23 @@ if TYPE_CHECKING:
     from pipeline_core.model import ModelAdapter
     from pipeline_core.parameterization import Parameterization
     from pipeline_core.recipe.plan import Plan
-    from pipeline_core.step import Step
 
 
 __all__ = [
     "RunContext",
+    "seeded_draw",
     "step_seed",
     "to_device",
 ]
+
+
+class _Placed(Protocol):
+    """What the context needs of a step: its position in the recipe. Every
+    :class:`~pipeline_core.step.Step` has one; naming only this keeps this module free of the
+    step module, which needs the context's type in its own signatures."""
+
+    index: int
+
 
 def step_seed(seed: int, index: int) -> int:
     """A stable seed for step ``index`` (Python's ``hash`` is salted per process, so not that)."""
@@ -45,6 +54,27 @@ def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None =
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def seeded_draw(sample: Callable[..., torch.Tensor], shape: tuple[int, ...], generator: torch.Generator,
+                like: torch.Tensor) -> torch.Tensor:
+    """Random numbers of ``shape`` from ``sample`` (``torch.rand``, ``torch.randn``), on
+    ``like``'s device with its dtype, drawn from the step's ``generator`` (``ctx.generator(step)``).
+
+    A step's randomness must replay on any device, so its generator is a CPU one. For a few
+    numbers (offsets, angles) draw on it directly and move them with :func:`to_device`. For a
+    whole batch of noise this is the way: on the CPU the generator draws the noise itself; on
+    a GPU, drawing it on the host and copying it over would cost more than the model's pass,
+    so the generator draws only the seed of a fresh device generator, which draws the noise
+    where it is used. Either way it is one seeded stream that a checkpoint saves, so runs
+    replay and resume exactly (on the same kind of device: a GPU's noise differs from the
+    CPU's).
+    """
+    if like.device.type == "cpu":
+        return sample(shape, generator=generator).to(like.dtype)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=like.device).manual_seed(seed)
+    return sample(shape, generator=device_generator, device=like.device, dtype=like.dtype)
 
 
 @dataclass
@@ -76,7 +106,7 @@ class RunContext:
         assert self.param is not None, "the image exists only after the init steps"
         return self.param.image()
 
-    def generator(self, step: "Step") -> torch.Generator:
+    def generator(self, step: _Placed) -> torch.Generator:
         """The step's own CPU generator; draw on it, then move the numbers to ``device``."""
         if step.index not in self.generators:
             self.generators[step.index] = torch.Generator().manual_seed(step_seed(self.plan.seed, step.index))

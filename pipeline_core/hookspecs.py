@@ -44,7 +44,9 @@ change) and ``ModelAdapter.add_layers`` (hook layers found in the built model, f
 (models by a prefix, such as ``timm:NAME``, made when a recipe names one). 1.6 made public what
 steps were already handed: :class:`pipeline_core.plan.Plan` (``bind(plan)``) and
 :class:`pipeline_core.schedule.Schedule` (``self.schedule``), which lived in the private
-``recipe`` room (still importable from there).
+``recipe`` room (still importable from there), :func:`pipeline_core.context.seeded_draw` (a
+seeded draw made on the device where one is used) and ``Step.places`` (where a transform can act;
+the host refuses any other ``on:`` before ``bind``).
 
 A plugin that fails to import, declares an incompatible API, implements a hook not listed
 here, or raises in a hook is skipped with a one-line report and everything it registered is
@@ -74,7 +76,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "pipeline_core.hookspecs": ("PROJECT", "ENTRY_POINT_GROUP", "API_VERSION", "PUBLIC_API", "hookspec", "hookimpl",
                                 "register_steps", "register_models", "register_outputs"),
     "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
-    "pipeline_core.context": ("RunContext", "step_seed", "to_device"),
+    "pipeline_core.context": ("RunContext", "seeded_draw", "step_seed", "to_device"),
     "pipeline_core.plan": ("Plan",),
     "pipeline_core.schedule": ("Schedule",),
     "pipeline_core.model": ("LAYER_PREFIX", "HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput",

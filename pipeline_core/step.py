@@ -17,6 +17,8 @@ Kinds, in the order one iteration runs them:
     ``apply(ctx, x) -> Tensor``: with ``on: image`` it replaces the stored image before the
     forward pass (the article's blur, resize cycle, colour jitter); with ``on: view`` it
     builds what the model sees, differentiably, leaving the stored image untouched (Lucid).
+    A transform that makes sense in one place only says so once, in ``places`` (``crops``:
+    ``("view",)``); the host refuses any other ``on:`` with the recipe's file and line.
 ``objective``
     ``loss(ctx, out, image) -> Tensor``: a loss per image, shape (B,); the loop sums every
     active objective and back-propagates once to the image's parameters.
@@ -30,10 +32,13 @@ the run's device, before the loop).
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline_core.host.places import PLACES, check_declaration, check_place
 
 if TYPE_CHECKING:
     import torch
@@ -90,6 +95,16 @@ class Step:
     Params: ClassVar[type[StepParams]] = StepParams
     #: Heads of the model this step reads besides the logits (e.g. ``{"aux"}``).
     heads: ClassVar[frozenset[str]] = frozenset()
+    #: Transforms: the places ``on:`` may name, ``("image", "view")`` or one of them. The host
+    #: checks a recipe's ``on:`` against it before ``bind``, so a step never refuses ``on`` itself.
+    places: ClassVar[tuple[str, ...]] = PLACES
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_declaration(cls)
+        own = cls.__dict__.get("bind")
+        if own is not None:  # the host's check runs before the step's own bind, whoever calls it
+            cls.bind = _checking_place(own)  # type: ignore[method-assign]
 
     def __init__(self, params: StepParams, index: int = 0, schedule: "Schedule | None" = None):
         self.params = params
@@ -115,7 +130,10 @@ class Step:
         return None
 
     def bind(self, plan: "Plan") -> None:
-        """Check parameters against the run (batch, iterations, classes); before any loading."""
+        """Check parameters against the run (batch, iterations, classes); before any loading.
+
+        The host has checked ``on:`` against :attr:`places` by then (see ``__init_subclass__``)."""
+        check_place(self)
 
     def setup(self, ctx: "RunContext") -> None:
         """Prepare on the run's device (buffers, generators), once before the loop."""
@@ -150,6 +168,17 @@ class Step:
         """Per image index, a few words for what this objective makes of it (``features.14 ch 5``),
         which name the final PNGs of images no class is aimed at; called after ``bind``."""
         return None
+
+
+def _checking_place(bind: Callable[["Step", "Plan"], None]) -> Callable[["Step", "Plan"], None]:
+    """A step's own ``bind``, preceded by the host's check of ``on:`` (RecipeError, key ``on``)."""
+
+    @functools.wraps(bind)
+    def checked(self: "Step", plan: "Plan") -> None:
+        check_place(self)
+        bind(self, plan)
+
+    return checked
 
 
 KIND_METHOD = {

@@ -1,59 +1,85 @@
-"""The built-in plugins. Each module registers through the same hooks a third-party plugin uses."""
+"""The built-in plugins, installed as ``pipeline_plugins``; each registers through the same hooks
+a third-party plugin uses.
 
-from . import (
-    blur,
+One step per module, in the package of its kind (``StepKind``'s values, in the order one
+iteration runs them): ``init``, ``param``, ``transform``, ``objective``, ``update``. A module
+is named for the step it registers (``L1-loss`` in ``objective/l1_loss.py``). The two model
+plugins, ``torchvision_models`` and ``timm_models``, are not steps and keep their modules (and
+so their plugin names, which the recipe loader uses to recognise torchvision's downloads). Helpers several steps share sit beside them in a module named for
+what it holds (``photo_files``, ``init/image_size``, ``objective/activations``,
+``update/update_params``); ``photos/`` holds the photographs ``bn-statistics`` measures by
+default. The old flat modules (``pipeline_plugins.view_transforms``, ...) still import, with a
+DeprecationWarning (``moved_modules``).
+"""
+
+from . import moved_modules, timm_models, torchvision_models
+from .init import init_image, init_noise
+from .objective import (
     bn_statistics,
-    color_jitter,
-    crops,
+    channel,
+    channel_interpolate,
     cross_entropy,
+    direction,
     diversity,
-    fourier_image,
-    init_image,
-    init_noise,
-    interpolate,
     keep_photo,
     l1_loss,
-    layer_objectives,
-    nadam,
+    layer,
+    neuron,
+    target_blend,
+    tone,
+)
+from .param import fourier_image, phase_image
+from .transform import (
+    blur,
+    color_jitter,
+    crops,
+    interpolate,
+    jitter,
+    noise,
     octave,
-    phase_image,
+    random_scale,
     rotate,
     skip_gradient,
     spectrum_jitter,
-    target_blend,
-    timm_models,
-    tone,
-    torchvision_models,
-    updates,
-    view_noise,
-    view_transforms,
 )
+from .update import adam, gradient_step, nadam, sign_step
 
+moved_modules.install()
+
+#: every built-in plugin module, registered in this order (built-ins first, so a third-party
+#: plugin cannot take their names); by kind, as one iteration runs them, then the models
 BUILTIN_PLUGINS = [
     init_noise,
     init_image,
+    fourier_image,
+    phase_image,
     blur,
     interpolate,
     color_jitter,
     rotate,
-    view_transforms,
+    jitter,
+    random_scale,
     crops,
-    view_noise,
+    noise,
     spectrum_jitter,
     octave,
+    skip_gradient,
     l1_loss,
     cross_entropy,
     target_blend,
-    layer_objectives,
+    channel,
+    neuron,
+    direction,
+    layer,
+    channel_interpolate,
     diversity,
     keep_photo,
     bn_statistics,
     tone,
-    skip_gradient,
-    updates,
+    gradient_step,
+    sign_step,
+    adam,
     nadam,
-    fourier_image,
-    phase_image,
     torchvision_models,
     timm_models,
 ]

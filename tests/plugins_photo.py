@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline_plugins.init_image import load_photo
+from pipeline_plugins.photo_files import load_photo
 
 PHOTOS = Path(__file__).resolve().parents[1] / "recipes" / "images"
 

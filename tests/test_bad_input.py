@@ -614,7 +614,7 @@ def test_unknown_step_through_the_real_command(cli, tmp_path):
 
 
 def test_a_photo_starts_upright_by_its_exif_orientation(in_process, capsys, tmp_path):
-    from pipeline_plugins.init_image import load_photo
+    from pipeline_plugins.photo_files import load_photo
 
     # stored 40 wide and 20 high, red left and blue right; orientation 6: the camera was turned, so
     # viewers rotate it a quarter turn clockwise: 20 wide, 40 high, red on top
@@ -641,7 +641,7 @@ def test_a_photo_starts_upright_by_its_exif_orientation(in_process, capsys, tmp_
 
 
 def test_a_photo_with_broken_exif_still_loads(tmp_path):
-    from pipeline_plugins.init_image import load_photo
+    from pipeline_plugins.photo_files import load_photo
 
     Image.fromarray(np.full((8, 12, 3), 128, dtype=np.uint8)).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00garbage")
     assert tuple(load_photo(tmp_path / "odd.jpg").shape) == (3, 8, 12)

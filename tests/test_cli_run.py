@@ -110,7 +110,7 @@ def test_validate_and_steps_and_schema(cli, tmp_path):
     for name in ("init-noise", "init-image", "blur", "interpolate", "color-jitter", "rotate", "L1-loss",
                  "target-blend", "octave", "gradient-step", "sign-step", "cross-entropy", "adam"):
         assert name in proc.stdout
-    assert "pipeline_plugins.blur" in proc.stdout
+    assert "pipeline_plugins.transform.blur" in proc.stdout
     proc = cli("schema")
     schema = json.loads(proc.stdout)
     assert "steps" in schema["properties"]

@@ -549,7 +549,7 @@ def test_a_9800_px_photo_is_one_line_with_the_limit_before_it_takes_any_memory(t
 def test_the_photo_limit_is_raised_by_its_variable(monkeypatch, tmp_path):
     from PIL import Image
 
-    from pipeline_plugins.init_image import load_photo
+    from pipeline_plugins.photo_files import load_photo
 
     Image.new("RGB", (300, 200), (10, 20, 30)).save(tmp_path / "p.png")
     monkeypatch.setenv("PIPELINE_MAX_PHOTO_PIXELS", "50000")

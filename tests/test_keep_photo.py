@@ -9,7 +9,7 @@ import torch
 
 from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.keep_photo import KeepPhoto, KeepPhotoParams
+from pipeline_plugins.objective.keep_photo import KeepPhoto, KeepPhotoParams
 
 
 def _step(**params) -> KeepPhoto:

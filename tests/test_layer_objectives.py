@@ -25,8 +25,12 @@ from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.context import RunContext
 from pipeline_core.testing import TINY_CLASSES, TINY_LAYERS, TINY_MODEL, TINY_SIZE, TinyNet, check_step, registered, \
     run_recipe_dict, tiny_recipe
-from pipeline_plugins.diversity import Diversity
-from pipeline_plugins.layer_objectives import Channel, ChannelInterpolate, DeepDream, Direction, Neuron
+from pipeline_plugins.objective.channel import Channel
+from pipeline_plugins.objective.channel_interpolate import ChannelInterpolate
+from pipeline_plugins.objective.direction import Direction
+from pipeline_plugins.objective.diversity import Diversity
+from pipeline_plugins.objective.layer import DeepDream
+from pipeline_plugins.objective.neuron import Neuron
 
 B = 4
 

@@ -47,7 +47,7 @@ def test_the_cli_prints_the_listing():
     done = subprocess.run([sys.executable, "-m", "pipeline_core", "steps"], capture_output=True, text=True,
                           timeout=120, env={"PIPELINE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.view_transforms" in done.stdout
+    assert "transform steps" in done.stdout and "jitter  [transform]  from pipeline_plugins.transform.jitter" in done.stdout
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch
 
 from pipeline_core.parameterization import FourierImage, colour_mixing_matrix, spectrum_scale
 from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.fourier_image import FourierImageStep
+from pipeline_plugins.param.fourier_image import FourierImageStep
 
 
 def smooth_image(b: int = 2, h: int = 24, w: int = 30) -> torch.Tensor:

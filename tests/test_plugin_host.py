@@ -245,8 +245,8 @@ def test_each_broken_plugin_is_reported_in_one_line_and_the_rest_works(on_path):
 
     (line,) = by_plugin["clash"]
     assert "plugin 'clash' (fake-clash 1.2.3): step 'blur' was not registered" in line
-    assert "plugin 'pipeline_plugins.blur' already registers it" in line
-    assert registry.provider("step", "blur") == "pipeline_plugins.blur"
+    assert "plugin 'pipeline_plugins.transform.blur' already registers it" in line
+    assert registry.provider("step", "blur") == "pipeline_plugins.transform.blur"
     assert registry.provider("step", "clash-keeper") == "clash"
 
     (line,) = by_plugin["misspelt"]
@@ -262,7 +262,7 @@ def test_each_broken_plugin_is_reported_in_one_line_and_the_rest_works(on_path):
     assert all("\n" not in p for p in registry.problems)
     assert len(registry.problems) == 6
     # built-ins are untouched
-    assert registry.provider("step", "L1-loss") == "pipeline_plugins.l1_loss"
+    assert registry.provider("step", "L1-loss") == "pipeline_plugins.objective.l1_loss"
 
 
 def test_a_step_of_a_withdrawn_plugin_says_why_it_is_missing(on_path):

@@ -92,7 +92,7 @@ GOOD = plugin_module("good_plugin", register_steps=_register_steps, register_out
 
 
 def test_isolated_registry_has_builtins_and_the_tiny_model_only(isolated_registry, isolated_plugin_manager):
-    assert isolated_registry.provider("step", "blur") == "pipeline_plugins.blur"
+    assert isolated_registry.provider("step", "blur") == "pipeline_plugins.transform.blur"
     assert isolated_registry.provider("model", TINY_MODEL.name) == "pipeline_core.testing"
     names = {name for name, _ in isolated_plugin_manager.list_name_plugin()}
     assert all(n.startswith("pipeline_plugins.") or n == "pipeline_core.testing" for n in names)
@@ -117,7 +117,7 @@ def test_registered_adds_a_plugin_for_one_block_only(isolated_registry):
     (plugin_module("bad_api", PIPELINE_API="one", register_steps=_register_steps), "not a version specifier"),
     (plugin_module("clasher", register_steps=hookimpl(lambda registry: registry.add_step(
         type("B", (Brighten,), {"name": "blur", "__doc__": "x"})))),
-     "step 'blur' was not registered because plugin 'pipeline_plugins.blur' already registers it"),
+     "step 'blur' was not registered because plugin 'pipeline_plugins.transform.blur' already registers it"),
     (plugin_module("crasher", register_steps=hookimpl(lambda registry: 1 / 0)),
      "register_steps raised ZeroDivisionError"),
 ])
@@ -215,7 +215,7 @@ BROKEN_STEPS = [
      "gave different results with the same seed"),
     (_transform("no-doc", lambda x: x, doc=""), "has no docstring"),
     (_transform("no-help", lambda x: x, params=NoHelp), "parameter 'strength' has no description"),
-    (_transform("blur", lambda x: x), "the name is already taken by plugin 'pipeline_plugins.blur'"),
+    (_transform("blur", lambda x: x), "the name is already taken by plugin 'pipeline_plugins.transform.blur'"),
     (_transform("returns-list", lambda x: [x]), "apply() must return a tensor"),
     (type("scalar-loss", (Step,), {"__doc__": "x", "name": "scalar-loss", "kind": StepKind.OBJECTIVE,
                                    "loss": lambda self, ctx, out, image: image.mean()}),

@@ -15,9 +15,9 @@ from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.loader import entry_model
 from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.crops import Crops
-from pipeline_plugins.nadam import NAdam
-from pipeline_plugins.phase_image import (NATURAL_AMPLITUDE, NATURAL_EXPONENT, PhaseImage, PhaseImageStep,
+from pipeline_plugins.transform.crops import Crops
+from pipeline_plugins.update.nadam import NAdam
+from pipeline_plugins.param.phase_image import (NATURAL_AMPLITUDE, NATURAL_EXPONENT, PhaseImage, PhaseImageStep,
                                           natural_magnitude)
 
 from conftest import MOBILENET_SETS, PHOTOS

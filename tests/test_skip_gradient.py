@@ -14,7 +14,7 @@ from pipeline_core.errors import RecipeError
 from pipeline_core.model import ModelAdapter, ModelInfo
 from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import TinyNet, check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.skip_gradient import SkipGradient, SkipGradientParams, residual_branches
+from pipeline_plugins.transform.skip_gradient import SkipGradient, SkipGradientParams, residual_branches
 
 
 class _Residual(nn.Module):

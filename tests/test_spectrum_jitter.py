@@ -7,7 +7,7 @@ import torch
 
 from pipeline_core.errors import RecipeError
 from pipeline_core.testing import check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.spectrum_jitter import SpectrumJitter, SpectrumJitterParams, scale_spectrum
+from pipeline_plugins.transform.spectrum_jitter import SpectrumJitter, SpectrumJitterParams, scale_spectrum
 
 
 class _Ctx:

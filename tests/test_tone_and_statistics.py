@@ -12,8 +12,8 @@ from torch import nn
 from pipeline_core.errors import RecipeError
 from pipeline_core.model import ModelAdapter, ModelInfo, layer_head
 from pipeline_core.testing import TinyNet, check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.bn_statistics import BNStatistics, BNStatisticsParams, batchnorm_layers
-from pipeline_plugins.tone import Tone, ToneParams
+from pipeline_plugins.objective.bn_statistics import BNStatistics, BNStatisticsParams, batchnorm_layers
+from pipeline_plugins.objective.tone import Tone, ToneParams
 
 
 # -- tone -----------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_bn_statistics_from_photos_in_a_real_recipe_relative_to_the_recipe_file(
 
 
 def test_the_shipped_photos_are_the_default_source_and_naming_photos_implies_it(tmp_path):
-    from pipeline_plugins.bn_statistics import BUILTIN_PHOTOS
+    from pipeline_plugins.photo_files import BUILTIN_PHOTOS
 
     assert len(list(BUILTIN_PHOTOS.glob("*.png")) + list(BUILTIN_PHOTOS.glob("*.jpg"))) == 10
     assert BNStatisticsParams(photos="x/*.png").source == "photos"
@@ -240,7 +240,7 @@ def test_bn_statistics_contract_and_a_real_run(tmp_path):
 # -- noise (randomised smoothing on the view) ------------------------------------------------------
 
 def test_noise_adds_fresh_seeded_gaussian_noise_to_the_view_only(tmp_path):
-    from pipeline_plugins.view_noise import Noise, NoiseParams
+    from pipeline_plugins.transform.noise import Noise, NoiseParams
 
     check_step(Noise, {"std": 0.2})
 

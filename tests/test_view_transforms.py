@@ -11,7 +11,8 @@ from pipeline_core.recipe.plan import Plan
 from pipeline_core.recipe.loader import entry_model
 from pipeline_core.recipe.schedule import Schedule
 from pipeline_core.testing import TINY_CLASSES, TINY_MODEL, TinyNet, check_step, run_recipe_dict, tiny_recipe
-from pipeline_plugins.view_transforms import Jitter, RandomScale
+from pipeline_plugins.transform.jitter import Jitter
+from pipeline_plugins.transform.random_scale import RandomScale
 
 
 def make(cls, seed: int = 0, batch: int = 3, **params):
@@ -129,7 +130,7 @@ def test_view_transforms_leave_the_stored_image_alone_and_replay_exactly(tmp_pat
 
 
 def test_jitter_crop_in_one_gather_matches_slicing_each_image_values_and_gradient():
-    from pipeline_plugins.view_transforms import _crop
+    from pipeline_plugins.transform.jitter import _crop
 
     g = torch.Generator().manual_seed(3)
     padded = torch.rand(5, 3, 20, 24, generator=g, requires_grad=True)
@@ -145,19 +146,19 @@ def test_jitter_crop_in_one_gather_matches_slicing_each_image_values_and_gradien
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the noise is drawn on the device there")
 def test_jitter_noise_fill_is_drawn_on_the_gpu_and_seeded():
-    from pipeline_plugins.view_transforms import _uniform
+    from pipeline_core.context import seeded_draw
 
     like = torch.zeros(1, device="cuda")
-    a = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
-    b = _uniform(torch.Size([2, 3, 8, 8]), torch.Generator().manual_seed(1), like)
+    a = seeded_draw(torch.rand, (2, 3, 8, 8), torch.Generator().manual_seed(1), like)
+    b = seeded_draw(torch.rand, (2, 3, 8, 8), torch.Generator().manual_seed(1), like)
     assert a.device.type == "cuda" and torch.equal(a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: host-device synchronisation only exists there")
 def test_random_transforms_never_stop_the_gpu_to_copy_their_draws():
     """Each step's random draws travel to the GPU queued behind its work, not with a synchronisation."""
-    from pipeline_plugins.color_jitter import ColorJitter
-    from pipeline_plugins.rotate import Rotate
+    from pipeline_plugins.transform.color_jitter import ColorJitter
+    from pipeline_plugins.transform.rotate import Rotate
 
     steps = [(Jitter, {"pixels": 8, "fill": "noise"}), (RandomScale, {}), (Rotate, {"degrees": 10}),
              (ColorJitter, {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1})]

@@ -48,6 +48,8 @@ def get_plugin_manager(*, autoload: bool | None = None, builtins: bool = True) -
     if builtins:
         from pipeline_plugins import BUILTIN_PLUGINS
 
+        # one module per step, each a plugin named for its module (pipeline_plugins.transform.blur),
+        # checked and registered exactly as an entry point's plugin is
         for module in BUILTIN_PLUGINS:
             register_plugin(pm, module, module.__name__)
     if autoload is None:
@@ -178,7 +180,7 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
         info = registry._as(name).plugins[name]
         if name in dists:
             info.package, info.version = dists[name]
-        elif not name.startswith("pipeline_plugins"):
+        elif not name.startswith("pipeline_plugins."):
             info.package = "(registered in process)"
         call_register_hooks(pm, registry, name, plugin)
     registry._current = "(host)"

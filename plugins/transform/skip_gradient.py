@@ -98,11 +98,7 @@ class SkipGradient(Step):
     name = "skip-gradient"
     kind = StepKind.TRANSFORM
     Params = SkipGradientParams
-
-    def bind(self, plan) -> None:
-        if self.params.on != "view":
-            raise RecipeError("skip-gradient changes the model's backward pass, not the stored image; use on: view",
-                              Location(key="on"))
+    places = ("view",)  # it changes the model's backward pass, never the stored image
 
     def setup(self, ctx) -> None:
         module = ctx.model.module

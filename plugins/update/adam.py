@@ -1,64 +1,18 @@
-"""The update rules: the article's plain and sign gradient steps, and Adam (Lucid's choice)."""
+"""adam: torch.optim.Adam on the image's parameters (Lucid's choice); its moments are checkpointed.
+
+It works on whatever the image's parameters are (pixels, a spectrum, a phase). A resized
+image is a new tensor, and its moments start afresh.
+"""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.step import Step, StepKind, StepParams
+from pipeline_core.step import Step, StepKind
 
-
-class UpdateParams(StepParams):
-    clamp: bool = Field(False, description="Clamp the image parameters to [0, 1] after each update.")
-
-
-class GradientStepParams(UpdateParams):
-    lr: float = Field(..., gt=0, description="Step size (the article: 10000 for cross-entropy, 0.15 for L1-loss).")
-    normalize: Literal["none", "std", "max"] = Field(
-        "none", description="Divide the gradient by its std or max |g| per image first (as DeepDream does).")
-
-
-def _normalized(g: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "none":
-        return g
-    flat = g.flatten(1)
-    scale = flat.std(dim=1) if how == "std" else flat.abs().amax(dim=1)
-    return g / (scale.view(-1, *[1] * (g.dim() - 1)) + 1e-12)
-
-
-class GradientStep(Step):
-    """a <- a - lr * grad."""
-
-    name = "gradient-step"
-    kind = StepKind.UPDATE
-    Params = GradientStepParams
-
-    def update(self, ctx, params, grads):
-        for p, g in zip(params, grads):
-            p.sub_(_normalized(g, self.params.normalize), alpha=self.params.lr)
-            if self.params.clamp:
-                p.clamp_(0, 1)
-
-
-class SignStepParams(UpdateParams):
-    epsilon: float = Field(0.01, gt=0, description="Every pixel moves by exactly this much.")
-
-
-class SignStep(Step):
-    """a <- a - epsilon * sign(grad): the fast gradient sign method, repeated."""
-
-    name = "sign-step"
-    kind = StepKind.UPDATE
-    Params = SignStepParams
-
-    def update(self, ctx, params, grads):
-        for p, g in zip(params, grads):
-            p.sub_(g.sign(), alpha=self.params.epsilon)
-            if self.params.clamp:
-                p.clamp_(0, 1)
+from .update_params import UpdateParams
 
 
 class AdamParams(UpdateParams):
@@ -121,5 +75,4 @@ class Adam(Step):
 
 @hookimpl
 def register_steps(registry):
-    for step in (GradientStep, SignStep, Adam):
-        registry.add_step(step)
+    registry.add_step(Adam)

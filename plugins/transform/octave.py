@@ -37,10 +37,9 @@ class Octave(Step):
     name = "octave"
     kind = StepKind.TRANSFORM
     Params = OctaveParams
+    places = ("image",)  # it resizes the stored image; a view is made afresh every iteration
 
     def bind(self, plan) -> None:
-        if self.params.on != "image":
-            raise RecipeError("octave works on the stored image only; remove 'on: view'", Location(key="on"))
         n = len(self.params.scales)
         split = self.params.split or [1.0] * n
         if len(split) != n or any(s <= 0 for s in split):

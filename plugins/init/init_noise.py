@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.step import MAX_SIDE, Step, StepKind, StepParams
+from pipeline_core.step import Step, StepKind, StepParams
 
-Size = Union[int, tuple[int, int]]
+from .image_size import Size, image_size
 
 
 class InitNoiseParams(StepParams):
@@ -18,15 +18,6 @@ class InitNoiseParams(StepParams):
     scale: float = Field(1.0, ge=0, description="Multiplies the noise.")
     offset: float = Field(0.0, description="Added after scaling.")
     size: Size | None = Field(None, description="Side (or [height, width]) in pixels; default: the model's input size.")
-
-
-def image_size(size: Size | None, default: int | None) -> tuple[int, int]:
-    if size is None:
-        size = default or 224
-    h, w = (size, size) if isinstance(size, int) else size
-    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise ValueError(f"image sides must lie in 1..{MAX_SIDE}, got {h}x{w}")
-    return h, w
 
 
 class InitNoise(Step):

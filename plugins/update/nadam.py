@@ -14,7 +14,7 @@ from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 
-from .updates import Adam, AdamParams
+from .adam import Adam, AdamParams
 
 
 class NAdamParams(AdamParams):

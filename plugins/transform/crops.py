@@ -42,31 +42,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from pipeline_core.context import to_device
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.context import seeded_draw, to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import MAX_SIDE, Step, StepKind, TransformParams
 
 Box = Union[float, tuple[float, float]]
-
-
-def draw(sample, shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """``sample`` (``torch.randn``, ``torch.rand``) of ``shape`` where ``like`` lives, drawn from
-    (or seeded by) the step's ``generator``.
-
-    On a GPU a host draw of a whole batch of noise and its copy would cost more than the
-    crops; the step's generator draws only the seed of a device generator instead.
-    """
-    if like.device.type == "cpu":
-        return sample(shape, generator=generator).to(like.dtype)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    device_generator = torch.Generator(device=like.device).manual_seed(seed)
-    return sample(shape, generator=device_generator, device=like.device, dtype=like.dtype)
-
-
-def _gaussian(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise where ``like`` lives (see :func:`draw`)."""
-    return draw(torch.randn, shape, generator, like)
 
 
 class CropsParams(TransformParams):
@@ -98,11 +78,9 @@ class Crops(Step):
     name = "crops"
     kind = StepKind.TRANSFORM
     Params = CropsParams
+    places = ("view",)  # K views of every image for the model cannot replace the stored image
 
     def bind(self, plan) -> None:
-        if self.params.on != "view":
-            raise RecipeError("crops makes K views of every image for the model and cannot replace the stored "
-                              "image: use on: view", Location(key="on"))
         self.out_size = self.params.size or plan.model_size
 
     def box_fraction(self, iteration: int, fraction: float) -> float:
@@ -144,7 +122,7 @@ class Crops(Step):
         views = F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         views = views.view(b, c, k, out, out).permute(2, 0, 1, 3, 4).reshape(k * b, c, out, out)
         if p.noise:
-            views = views + p.noise * _gaussian(tuple(views.shape), g, views)
+            views = views + p.noise * seeded_draw(torch.randn, tuple(views.shape), g, views)
         return views
 
 

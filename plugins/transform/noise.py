@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
+import torch
 from pydantic import Field, field_validator
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.context import seeded_draw
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
-
-from .crops import _gaussian
 
 
 class NoiseParams(TransformParams):
@@ -50,11 +49,7 @@ class Noise(Step):
     name = "noise"
     kind = StepKind.TRANSFORM
     Params = NoiseParams
-
-    def bind(self, plan) -> None:
-        if self.params.on != "view":
-            raise RecipeError("noise would make the stored image grainier every iteration; it acts on what the "
-                              "model sees: use on: view", Location(key="on"))
+    places = ("view",)  # on the stored image it would make it grainier every iteration
 
     def std_at(self, iteration: int) -> float:
         """The noise's standard deviation at ``iteration``."""
@@ -62,7 +57,7 @@ class Noise(Step):
 
     def apply(self, ctx, x):
         std = self.std_at(ctx.iteration)
-        noise = _gaussian(tuple(x.shape), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
+        noise = seeded_draw(torch.randn, tuple(x.shape), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
         return x + std * noise if std else x
 
 

@@ -34,7 +34,6 @@ edges) well and the late, class-specific ones poorly, so ``layers`` can leave th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -46,10 +45,7 @@ from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
-from .init_image import expand_images, load_photo
-
-#: ten ordinary photographs (see its ATTRIBUTION.md) whose statistics ``source: photos`` matches by default
-BUILTIN_PHOTOS = Path(__file__).resolve().parent / "photos"
+from ..photo_files import BUILTIN_PHOTOS, expand_images, load_photo
 
 
 class BNStatisticsParams(StepParams):

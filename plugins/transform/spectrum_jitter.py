@@ -26,11 +26,9 @@ from typing import Literal, Union
 import torch
 from pydantic import Field, field_validator
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.context import seeded_draw
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
-
-from .crops import draw
 
 
 class SpectrumJitterParams(TransformParams):
@@ -66,16 +64,12 @@ class SpectrumJitter(Step):
     name = "spectrum-jitter"
     kind = StepKind.TRANSFORM
     Params = SpectrumJitterParams
-
-    def bind(self, plan) -> None:
-        if self.params.on != "view":
-            raise RecipeError("spectrum-jitter would blur and sharpen the stored image at random every iteration; "
-                              "it acts on what the model sees: use on: view", Location(key="on"))
+    places = ("view",)  # on the stored image it would blur and sharpen it at random every iteration
 
     def apply(self, ctx, x):
         strength = self.ramp(self.params.strength, ctx.iteration)
         n, c, h, w = x.shape
-        draws = draw(torch.rand, (n, c, 2 * h, w + 1), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
+        draws = seeded_draw(torch.rand, (n, c, 2 * h, w + 1), ctx.generator(self), x)  # drawn even at 0: the sequence stays put
         if not strength:
             return x
         return scale_spectrum(x, 1 + strength * (2 * draws - 1))

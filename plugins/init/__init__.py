@@ -1,0 +1,1 @@
+"""``init`` steps: make the starting image once, before the loop (noise, or photos)."""
