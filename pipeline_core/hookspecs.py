@@ -75,7 +75,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "pipeline_core.api": ("Model", "RunOutput", "run", "visualize", "layers", "classes"),
     "pipeline_core.hookspecs": ("PROJECT", "ENTRY_POINT_GROUP", "API_VERSION", "PUBLIC_API", "hookspec", "hookimpl",
                                 "register_steps", "register_models", "register_outputs"),
-    "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "StepKind", "StepParams", "TransformParams", "Step"),
+    "pipeline_core.step": ("MAX_SIDE", "KIND_METHOD", "PLACES", "StepKind", "StepParams", "TransformParams", "Step"),
     "pipeline_core.context": ("RunContext", "seeded_draw", "step_seed", "to_device"),
     "pipeline_core.plan": ("Plan",),
     "pipeline_core.schedule": ("Schedule",),

@@ -38,24 +38,29 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline_core.host.places import PLACES, check_declaration, check_place
+from pipeline_core.errors import Location, RecipeError
 
 if TYPE_CHECKING:
     import torch
     from pipeline_core.context import RunContext
     from pipeline_core.model import ModelOutput
     from pipeline_core.parameterization import Parameterization
-    from pipeline_core.recipe.plan import Plan
-    from pipeline_core.recipe.schedule import Schedule
+    from pipeline_core.plan import Plan
+    from pipeline_core.schedule import Schedule
 
 __all__ = [
     "MAX_SIDE",
     "KIND_METHOD",
+    "PLACES",
     "StepKind",
     "StepParams",
     "TransformParams",
     "Step",
 ]
+
+#: the values a transform's ``on:`` may take (``Step.places``), and what each means in an error
+PLACES = ("image", "view")
+_MEANING = {"image": "the stored image", "view": "what the model sees"}
 
 #: the largest image side (and model input side) a run accepts; steps that take sizes check against it
 MAX_SIDE = 4096
@@ -101,7 +106,7 @@ class Step:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        check_declaration(cls)
+        _check_declaration(cls)
         own = cls.__dict__.get("bind")
         if own is not None:  # the host's check runs before the step's own bind, whoever calls it
             cls.bind = _checking_place(own)  # type: ignore[method-assign]
@@ -133,7 +138,7 @@ class Step:
         """Check parameters against the run (batch, iterations, classes); before any loading.
 
         The host has checked ``on:`` against :attr:`places` by then (see ``__init_subclass__``)."""
-        check_place(self)
+        _check_place(self)
 
     def setup(self, ctx: "RunContext") -> None:
         """Prepare on the run's device (buffers, generators), once before the loop."""
@@ -175,7 +180,7 @@ def _checking_place(bind: Callable[["Step", "Plan"], None]) -> Callable[["Step",
 
     @functools.wraps(bind)
     def checked(self: "Step", plan: "Plan") -> None:
-        check_place(self)
+        _check_place(self)
         bind(self, plan)
 
     return checked
@@ -188,3 +193,45 @@ KIND_METHOD = {
     StepKind.OBJECTIVE: "loss",
     StepKind.UPDATE: "update",
 }
+
+
+# -- where a transform acts: the host's check of a recipe's ``on:`` against ``Step.places`` -------
+# A transform declares once, on its class, the places it supports; a recipe asking for another
+# gets the usual one-line error (file, line, step, key ``on``), so no step refuses ``on:`` in its
+# own ``bind``. ``Step`` runs _check_place before every bind and _check_declaration when a step
+# class is defined.
+
+
+def _is_transform(step_cls: type) -> bool:
+    return getattr(step_cls, "kind", None) is StepKind.TRANSFORM
+
+
+def _check_declaration(step_cls: type[Step]) -> None:
+    """TypeError unless ``step_cls.places`` is a non-empty tuple of :data:`PLACES` that holds
+    its Params' default ``on`` (a default the step refuses would fail every recipe that
+    leaves ``on:`` out). Raised when the class is defined, so a plugin with such a step fails
+    to import and the host reports it in one line."""
+    if not _is_transform(step_cls):
+        return
+    places: Any = getattr(step_cls, "places", None)
+    name = getattr(step_cls, "name", step_cls.__name__)
+    if not isinstance(places, tuple) or not places or not set(places) <= set(PLACES):
+        raise TypeError(f"step '{name}': places must be a non-empty tuple of {PLACES}, got {places!r}")
+    field = getattr(getattr(step_cls, "Params", None), "model_fields", {}).get("on")
+    default = getattr(field, "default", None)
+    if default is not None and default not in places:
+        raise TypeError(f"step '{name}': the default 'on: {default}' of its Params is not among its places "
+                        f"{places}; give 'on' a default it supports")
+
+
+def _check_place(step: Step) -> None:
+    """RecipeError (key ``on``) when a transform is asked to act where its class says it cannot."""
+    if not _is_transform(type(step)):
+        return
+    asked = getattr(step.params, "on", None)
+    places = type(step).places
+    if asked is None or asked in places:
+        return
+    where = " or ".join(f"{_MEANING[p]} (on: {p})" for p in places)
+    raise RecipeError(f"{step.name} acts only on {where}, not on {_MEANING.get(asked, asked)}: "
+                      f"use on: {places[0]}", Location(key="on"))
