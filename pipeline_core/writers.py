@@ -48,6 +48,10 @@ class FrameInfo:
     fps: int
     tile: int | None
     columns: int | None
+    #: per image, where its photo lies on a canvas shared with photos of other shapes
+    #: (init-image's ``fit: whole``): (top, left, height, width) as fractions of the image, or
+    #: None; :func:`grid` draws only that part, as the final PNGs are cut (API 1.6)
+    frames: list[tuple[float, float, float, float] | None] | None = None
 
 
 class Writer:
@@ -82,7 +86,8 @@ def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameIn
     """The batch as one (H, W, 3) uint8 picture, laid out as the video lays it out.
 
     ``tile`` is the side of each image in pixels (default: the images' own size); with
-    ``panels`` each image gets its logits plot beside it, the ``info.targets`` in red.
+    ``panels`` each image gets its logits plot beside it, the ``info.targets`` in red. Photos
+    that share a canvas (``info.frames``) are drawn without the canvas's filled margin.
     """
     # the video's own composer, imported when called: output (whose writers subclass Writer)
     # sits above this module, and frames imports nothing of the package, so no circle forms
@@ -90,14 +95,17 @@ def grid(images: torch.Tensor, logits: torch.Tensor | None = None, info: FrameIn
 
     targets = info.targets if info is not None else None
     columns = info.columns if info is not None else None
-    return compose(images, logits if panels else None, targets, tile, columns, panels=panels)
+    frames = info.frames if info is not None else None
+    return compose(images, logits if panels else None, targets, tile, columns, panels=panels, frames=frames)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: whole or absent.
 
     The host writes run.json, checkpoints and reports with this same function, so a writer's
-    file is as safe as the run's own."""
+    file is as safe as the run's own. Written here rather than taken from a library: the
+    ``atomicwrites`` package is no longer maintained, and the job is these few lines of the
+    standard library (``mkstemp``, ``fsync``, ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

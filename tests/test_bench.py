@@ -20,6 +20,7 @@ import yaml
 from conftest import MOBILENET, ROOT
 from pipeline_core.commands.bench import BenchReport, bench, compare_images
 from pipeline_core.commands.measure import MemoryWatch
+from pipeline_core.run import memory
 from pipeline_core.testing import tiny_recipe
 
 BENCH_RECIPE = ROOT / "benchmarks" / "mobilenet_cpu.yaml"
@@ -87,6 +88,12 @@ def test_image_comparison_counts_differences():
     agreement = compare_images(a, b)
     assert (agreement.max_difference, agreement.values_differing, agreement.values) == (3, 1, 48)
     assert not agreement.identical and "3/255" in agreement.describe()
+
+
+def test_the_memory_figures_are_read_on_every_system():
+    rss, free, lifetime = memory.current_rss(), memory.available_bytes(), memory.lifetime_peak()
+    assert rss is not None and free is not None and lifetime is not None
+    assert rss > 2**20 and lifetime > 2**20 and free > 0  # bytes, not KiB or pages
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resettable peak-RSS mark is Linux's")

@@ -94,3 +94,48 @@ def test_the_shipped_photo_recipes_crop_as_their_pictures_were_made_and_say_how_
     assert init["fit"] == "crop"
     header = text.split("\ndescription:")[0]
     assert "--set init-image.fit=whole" in header
+
+
+def test_the_grid_and_the_video_show_each_real_photo_in_its_own_frame_not_the_filled_margin(tmp_path):
+    """cat.png (3:2) and owl.jpg (4:3) share a 96x64 canvas; the owl fills its margin with its
+    edge pixels for the model, but grid.png and the video draw the background there."""
+    import imageio_ffmpeg
+
+    photos = [str(RECIPES / "images" / "cat.png"), str(RECIPES / "images" / "owl.jpg")]
+    recipe = tiny_recipe(iterations=1, steps=[{"step": "init-image", "images": photos, "size": 64},
+                                              {"step": "L1-loss", "target": 3},
+                                              {"step": "gradient-step", "lr": 1e-6}],
+                         output={"video": True, "logits_panel": False})
+    result = run_recipe_dict(recipe, tmp_path / "run", registry=REGISTRY)
+    images = tmp_path / "run" / "images"
+    cat, owl = (np.asarray(Image.open(images / e["file"]).convert("RGB")) for e in result.record["images"])
+    assert cat.shape == (64, 96, 3) and owl.shape[0] == 64 and owl.shape[1] < 90  # two shapes, one canvas
+    margin = (96 - owl.shape[1]) // 2  # the owl lies centred on the canvas
+    grid = np.asarray(Image.open(images / "grid.png").convert("RGB"))
+    pad = 2
+    assert grid.shape[:2] == (64 + 2 * pad, 2 * 96 + 3 * pad)  # one row, each cell the canvas's size
+    owl_cell = grid[pad: pad + 64, 2 * pad + 96: 2 * pad + 2 * 96]
+    assert (grid[pad: pad + 64, pad: pad + 96] == cat).all()  # the cat fills its cell
+    assert (owl_cell[:, margin: margin + owl.shape[1]] == owl).all()  # the owl as its PNG, centred
+    edges = np.concatenate([owl[:, :1], owl[:, -1:]], axis=1)
+    assert (edges < 235).any()  # so a repeated-edge fill would not look like the background
+    for side in (owl_cell[:, :margin], owl_cell[:, margin + owl.shape[1]:]):
+        assert side.size and (side == 255).all()  # the background, not the owl's edge repeated
+    last = list(imageio_ffmpeg.read_frames(str(tmp_path / "run" / "video.mp4")))[-1]
+    meta_w, meta_h = grid.shape[1], grid.shape[0]
+    frame = np.frombuffer(last, np.uint8).reshape(meta_h, meta_w, 3)
+    video_cell = frame[pad: pad + 64, 2 * pad + 96: 2 * pad + 2 * 96].astype(int)
+    for side in (video_cell[:, 1: margin - 1], video_cell[:, margin + owl.shape[1] + 1: -1]):
+        assert side.min() > 235  # white but for H.264's rounding next to the photo
+
+
+def test_a_writers_grid_draws_each_image_in_its_frame(tmp_path):
+    from pipeline_core.writers import FrameInfo, grid
+
+    images = torch.full((2, 3, 10, 20), 0.2)
+    info = FrameInfo(run_dir=tmp_path, batch=2, iterations=1, categories=["a"], targets=[[], []], fps=5,
+                     tile=None, columns=2, frames=[(0.0, 0.25, 1.0, 0.5), None])
+    picture = grid(images, info=info)
+    first, second = picture[2:12, 2:22], picture[2:12, 24:44]
+    assert (first[:, 5:15] == 51).all() and (first[:, :5] == 255).all() and (first[:, 15:] == 255).all()
+    assert (second == 51).all()  # no frame: the whole image

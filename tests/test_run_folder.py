@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 import yaml
 
 import pipeline_core.commands.cli as cli
+from pipeline_core.errors import OutputError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import ClassObjective
 from pipeline_core.run.record import LOCK, RunLock
@@ -243,6 +245,27 @@ def test_a_stale_lock_of_a_dead_pid_is_taken_over(in_process, tmp_path, capsys):
     assert in_process(["run", str(recipe), "--out", str(run_dir), "--quiet"]) == 0, capsys.readouterr().err
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
     assert not (run_dir / LOCK).exists()
+
+
+def test_a_held_lock_refuses_in_one_line_naming_its_holder_and_a_killed_holders_is_taken_over(tmp_path):
+    holder = _holder(tmp_path)
+    try:
+        assert (tmp_path / LOCK).read_text().split() == [str(holder.pid), socket.gethostname()]
+        with pytest.raises(OutputError) as refused:
+            RunLock.acquire(tmp_path)
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1
+        assert f"the run folder {tmp_path} is in use by process {holder.pid} (a run still going)" in message
+        assert (tmp_path / LOCK).read_text().split()[0] == str(holder.pid)  # the refused one wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock.acquire(tmp_path)  # the system let go of the dead holder's lock: no pid check needed
+    try:
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+    finally:
+        lock.release()
+    assert not (tmp_path / LOCK).exists()
 
 
 def test_the_lock_is_reentrant_in_one_process_and_gone_after(tmp_path):

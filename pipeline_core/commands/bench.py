@@ -56,6 +56,7 @@ from pipeline_core.run.threads import using_threads
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
+    # the model name is in /proc/cpuinfo on Linux; psutil does not report it
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             found = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.M)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import re
-import resource
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +24,7 @@ from pipeline_core.errors import RunFailed
 from pipeline_core.output.frames import to_uint8
 from pipeline_core.recipe.loader import Recipe
 from pipeline_core.registry import Registry
+from pipeline_core.run import memory
 from pipeline_core.run.engine import Run, build_model
 from pipeline_core.run.progress import BarProgress, Progress
 
@@ -34,39 +32,6 @@ MiB = 2**20
 
 
 # -- memory --------------------------------------------------------------------------------------
-
-
-def current_rss() -> int | None:
-    """The process's resident set size now, in bytes (Linux), else None."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _hwm() -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            found = re.search(r"^VmHWM:\s+(\d+)\s+kB", fh.read(), re.M)
-        return int(found.group(1)) * 1024 if found else None
-    except OSError:
-        return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return _hwm() is not None
-    except OSError:
-        return False
-
-
-def _lifetime_peak() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 @dataclass
@@ -86,15 +51,15 @@ class MemoryWatch:
 
     def __enter__(self) -> "MemoryWatch":
         gc.collect()
-        self.exact = _reset_hwm()
-        self.before = current_rss()
+        self.exact = memory.reset_peak()
+        self.before = memory.current_rss()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.peak = _hwm() if self.exact else _lifetime_peak()
+        self.peak = memory.peak_rss() if self.exact else memory.lifetime_peak()
         if self.device.type == "cuda":
             self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
 
@@ -108,6 +73,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def _children_cpu() -> float:
+    """CPU seconds of the ended child processes (the video encoder); 0 where not counted."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

@@ -105,6 +105,21 @@ def scaled_size(h: int, w: int, tile: int | None) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+#: where a photo lies on the canvas it shares with photos of other shapes (init-image's ``fit:
+#: whole``): (top, left, height, width) as fractions of the canvas, so a resized image keeps it
+Frame = tuple[float, float, float, float]
+
+
+def frame_box(frame: Frame, height: int, width: int) -> tuple[int, int, int, int]:
+    """``frame`` in pixels of an image of ``height`` x ``width``: (top, left, height, width).
+
+    The final PNGs are cut with this, and grid.png and the video draw the same box, so every
+    picture of a photo shows the same part of it."""
+    top, left = round(frame[0] * height), round(frame[1] * width)
+    top, left = min(max(top, 0), height - 1), min(max(left, 0), width - 1)
+    return top, left, min(max(1, round(frame[2] * height)), height - top), min(max(1, round(frame[3] * width)), width - left)
+
+
 def compose(
     images: torch.Tensor,
     logits: torch.Tensor | None = None,
@@ -114,6 +129,7 @@ def compose(
     pad: int = 2,
     panels: bool | None = None,
     side_panels: Sequence[np.ndarray] | None = None,
+    frames: Sequence[Frame | None] | None = None,
 ) -> np.ndarray:
     """The batch as one (H, W, 3) uint8 grid.
 
@@ -121,6 +137,9 @@ def compose(
     panel; a frame without logits yet gets empty panels, so every frame has the same layout.
     ``tile`` scales each image so its longer side is ``tile`` pixels. ``side_panels`` (one
     (H, W, 3) picture per image, drawn by the caller at the scaled size) replace the logits panels.
+    ``frames`` (per image, its photo's :data:`Frame` or None) draws only that part of each
+    image: the margin a photo's shared canvas filled with its repeated edge pixels stays the
+    background, so a cell shows the photo's own frame, centred as it lies on the canvas.
     """
     b, _, h, w = images.shape
     planes = _planes_uint8(images)
@@ -148,8 +167,10 @@ def compose(
         r, c = divmod(i, cols)
         y = pad + r * (h + pad)
         x = pad + c * (cell_w + pad)
+        frame = frames[i] if frames is not None and i < len(frames) else None
+        top, left, fh, fw = (0, 0, h, w) if frame is None else frame_box(frame, h, w)
         for ch in range(3):  # plane by plane: copying whole pixels out of the planes costs about 4 times as much
-            canvas[y: y + h, x: x + w, ch] = planes[i, ch]
+            canvas[y + top: y + top + fh, x + left: x + left + fw, ch] = planes[i, ch, top: top + fh, left: left + fw]
         if side is not None:
             canvas[y: y + h, x + w + pad: x + 2 * w + pad] = side[i]
     return canvas

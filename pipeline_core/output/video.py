@@ -152,7 +152,8 @@ class VideoWriter(Writer):
         if self._size is None and self.info.tile is None:
             self.info.tile = tile
         picture = compose(images, None, self.info.targets, tile, self.info.columns, panels=self.logits_panel,
-                          side_panels=self._panels(iteration, images, logits, tile) if self.logits_panel else None)
+                          side_panels=self._panels(iteration, images, logits, tile) if self.logits_panel else None,
+                          frames=self.info.frames)
         if self._encoder is None:
             self._open(picture)
         w, h = self._size  # type: ignore[misc]

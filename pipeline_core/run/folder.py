@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline_core.context import RunContext
-from pipeline_core.output.frames import MAX_GRID_SIDE, auto_tile, compose, to_uint8
+from pipeline_core.output.frames import MAX_GRID_SIDE, auto_tile, compose, frame_box, to_uint8
 from pipeline_core.output.metrics import FILE as METRICS_FILE, MetricsLog
 from pipeline_core.output.pump import FramePump
 from pipeline_core.output.video import VideoWriter
@@ -181,7 +181,7 @@ class RunFolder:
         info = FrameInfo(run_dir=self.run_dir, batch=plan.batch, iterations=plan.iterations,
                          categories=list(self.recipe.model_info.categories),
                          targets=[[t["index"] for t in ts] for ts in self.targets], fps=out.fps,
-                         tile=tile, columns=out.columns)
+                         tile=tile, columns=out.columns, frames=ctx.state.get("frames"))
         writers: list[Writer] = []
         if out.video:
             name = "video.mp4" if self.segment == 0 else f".video.part{self.segment}.mp4"
@@ -253,8 +253,8 @@ class RunFolder:
         images_dir = confine.inside(self.run_dir, "images")
         pics = to_uint8(final)
         # photos of other shapes kept whole on one canvas (init-image's fit: whole): each PNG is
-        # its own photo's frame, (top, left, height, width) as fractions of the canvas; grid.png
-        # shows the canvas
+        # its own photo's frame, (top, left, height, width) as fractions of the canvas, and
+        # grid.png draws each image cut to the same frame (never the canvas's filled margin)
         frames = ctx.state.get("frames") or [None] * pics.shape[0]
         H, W = pics.shape[1:3]
         names = []
@@ -264,12 +264,12 @@ class RunFolder:
             names.append(f"{i:03d}_{_slug(label)}.png")
             pic = pics[i]
             if frames[i] is not None:
-                top, left = round(frames[i][0] * H), round(frames[i][1] * W)
-                pic = pic[top:top + max(1, round(frames[i][2] * H)), left:left + max(1, round(frames[i][3] * W))]
+                top, left, h, w = frame_box(frames[i], H, W)
+                pic = pic[top:top + h, left:left + w]
             save_png(images_dir / names[-1], np.ascontiguousarray(pic))
         columns = self.recipe.model.output.columns
         tile = auto_tile(final.shape[0], max(final.shape[-2:]), False, columns, budget=MAX_GRID_SIDE)
-        save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns))
+        save_png(images_dir / "grid.png", compose(final, tile=tile, columns=columns, frames=frames))
         probs = self._final_probabilities(ctx, final)
         cats = self.recipe.model_info.categories
         out = []

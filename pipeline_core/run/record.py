@@ -4,9 +4,9 @@ run.json is rewritten at the start, at every checkpoint and at the end, each tim
 temporary file and a rename, so whatever moment a run is killed at, run.json is whole and says
 what happened.
 
-While a run owns its folder, the folder is locked (:class:`RunLock`): a second process that
-would write into it (a ``--resume`` of a run still going, a ``--force`` over it) is refused,
-naming the process that holds it.
+While a run owns its folder, the folder is locked (:class:`RunLock`, on the ``filelock``
+library): a second process that would write into it (a ``--resume`` of a run still going, a
+``--force`` over it) is refused, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: the lock falls back to the pid it holds
-    fcntl = None  # type: ignore[assignment]
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +31,9 @@ from PIL import Image
 
 from pipeline_core.errors import OutputError
 from pipeline_core.writers import write_atomically
+
+if TYPE_CHECKING:
+    import filelock
 
 
 #: the run folder's files are written through the public helper writer plugins use (a temporary
@@ -97,19 +95,9 @@ LOCK = ".lock"
 #: run folders this process holds, with how many holders (the lock is re-entrant in a process)
 _held: dict[Path, "RunLock"] = {}
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    except OSError:
-        return False
-    return True
+#: how long a second writer waits before it is refused: long enough to ride out the moment a
+#: holder that is ending removes the file, short enough to read as an immediate refusal
+_WAIT_SECONDS = 0.5
 
 
 def _lock_owner(path: Path) -> tuple[int, str] | None:
@@ -126,19 +114,29 @@ def _lock_owner(path: Path) -> tuple[int, str] | None:
     return int(found.group(1)), found.group(2) or ""
 
 
-class RunLock:
-    """The lock of one run folder: the file ``.lock`` holding the owner's pid.
+def _write_owner(fd: int) -> None:
+    """Called by filelock with the locked file's descriptor: the owner, for a refusal to name."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)  # no pwrite on Windows
+    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
 
-    On POSIX the file is also ``flock``-ed for as long as the run holds it, so a run that died
-    without removing it (a kill, a power cut) leaves a stale lock the next run recognises and
-    takes over; the pid in it is what a refusal names. Re-entrant within a process: the CLI
-    holds the lock from before ``--force`` clears the folder, and the run holds it again.
+
+class RunLock:
+    """The lock of one run folder: the file ``.lock``, locked by the operating system (through
+    :mod:`filelock`: ``flock`` on POSIX, ``msvcrt.locking`` on Windows) and holding the owner's
+    pid and host, which is what a refusal names.
+
+    The operating system lets go of the lock when its process ends however it ends (a kill, a
+    power cut), so a stale ``.lock`` is simply taken over. Re-entrant within a process: the CLI
+    holds the lock from before ``--force`` clears the folder, and the run holds it again. The
+    file is removed when the last holder releases it (while still locked, so a process waiting
+    on the old file finds it gone and starts again on a new one).
     """
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
-        self.fd: int | None = None
+        self.held: filelock.FileLock | None = None  #: while this process holds the folder
         self.count = 0
 
     @classmethod
@@ -161,63 +159,38 @@ class RunLock:
                            "taken over by itself)")
 
     def _take(self) -> None:
-        mine = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        for _attempt in range(5):
-            try:  # never through a link: truncating it would empty the file it points at
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    raise
-                raise OutputError(f"{self.path} is a symbolic link, not a run's lock; remove it (the file it "
-                                  "points at is left alone)") from None
-            try:
-                if fcntl is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError as exc:
-                        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                            raise
-                        owner = _lock_owner(self.path)
-                        raise self._refuse(*(owner or (None,))) from None
-                else:  # no flock: the pid decides
-                    owner = _lock_owner(self.path)
-                    if owner and owner[0] != os.getpid() and _pid_alive(owner[0]):
-                        raise self._refuse(*owner)
-                # the file may have been removed (its holder ended) between open and flock
-                try:
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:
-                    os.close(fd)
-                    continue
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, mine, 0)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        # imported here: a run needs it, ``pipeline --version`` and the listings do not
+        import filelock
+
+        lock = filelock.FileLock(self.path, timeout=_WAIT_SECONDS, thread_local=False, on_acquired=_write_owner)
+        try:  # filelock opens with O_NOFOLLOW: a link is never followed, its target never written
+            lock.acquire()
+        except filelock.Timeout:
+            raise self._refuse(*(_lock_owner(self.path) or (None,))) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP and not self.path.is_symlink():
                 raise
-            self.fd = fd
-            return
-        raise self._refuse(None)
+            raise OutputError(f"{self.path} is a symbolic link, not a run's lock; remove it (the file it "
+                              "points at is left alone)") from None
+        self.held = lock
 
     def release(self) -> None:
         self.count -= 1
         if self.count > 0:
             return
         _held.pop(Path(os.path.abspath(self.run_dir)), None)
-        if self.fd is None:
+        lock, self.held = self.held, None
+        if lock is None:
             return
         try:
             owner = _lock_owner(self.path)
             if owner is not None and owner[0] == os.getpid():
-                self.path.unlink(missing_ok=True)
+                self.path.unlink(missing_ok=True)  # still locked: see the class
         except OSError:
-            pass
+            pass  # Windows cannot remove an open file; filelock removes it there on release
         finally:
             with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
+                lock.release(force=True)
 
     def __enter__(self) -> "RunLock":
         return self

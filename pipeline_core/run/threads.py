@@ -22,6 +22,10 @@ choice and is kept. The figure is worked out once per process, so every batch of
 uses the same count (and the load a run makes itself never lowers the next one's);
 ``run.json`` records it under ``recipe.performance.threads`` so that a replay uses the same
 count, whatever the load then, and gives the same bytes.
+
+The load is read from ``/proc`` by hand rather than through psutil: psutil offers neither the
+number of tasks runnable now nor the state of each of this process's threads, nor the cgroup
+quota, and what it does offer here (the affinity, the load average) the standard library has.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ memory of each (CUDA: the allocator's peak; CPU on Linux: the process's peak res
 reset between the two) gives a fixed part and a part per image; the batch is what fits in 80%
 of the memory free now (on the CPU shared by the processes of this machine). On the CPU the
 result is capped at 64 images: beyond a few, a CPU makes no more images per second, and a
-smaller batch is lost more cheaply to an interrupt. Without a way to measure (another OS),
-auto means 8.
+smaller batch is lost more cheaply to an interrupt. Without a way to measure (the resettable
+peak is Linux's: :mod:`pipeline_core.run.memory`), auto means 8.
 """
 
 from __future__ import annotations
@@ -24,27 +24,10 @@ from pipeline_core.recipe.loader import load_recipe
 from pipeline_core.recipe.sections import MAX_BATCH
 from pipeline_core.recipe.source import Override
 from pipeline_core.registry import Registry
+from pipeline_core.run import memory
 
 CPU_CAP = 64
 FALLBACK = 8
-
-
-def _proc_kib(field: str, file: str = "/proc/self/status") -> int | None:
-    try:
-        for line in Path(file).read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _reset_cpu_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _one_iteration(recipe_file: Path, registry: Registry, overrides: Sequence[str], size: int,
@@ -60,7 +43,7 @@ def _one_iteration(recipe_file: Path, registry: Registry, overrides: Sequence[st
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    elif not _reset_cpu_peak():
+    elif not memory.reset_peak():
         return None
     with tempfile.TemporaryDirectory(prefix="sweep-probe-") as tmp:
         result = Run(recipe, registry, Path(tmp) / "run", Progress(), device=str(device)).execute()
@@ -70,20 +53,18 @@ def _one_iteration(recipe_file: Path, registry: Registry, overrides: Sequence[st
         return -1  # did not fit (or failed otherwise): the caller stops growing
     if cuda:
         return int(torch.cuda.max_memory_allocated(device))
-    peak = _proc_kib("VmHWM")
-    return None if peak is None else peak * 1024
+    return memory.peak_rss()
 
 
 def _free_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    available = _proc_kib("MemAvailable", "/proc/meminfo")
-    rss = _proc_kib("VmRSS")
+    available, rss = memory.available_bytes(), memory.current_rss()
     if available is None or rss is None:
         return None
     sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return (available // sharing + rss) * 1024
+    return available // sharing + rss
 
 
 def probe_batch(recipe_file: Path, registry: Registry, overrides: Sequence[str], device: torch.device,
