@@ -30,7 +30,7 @@ Method:
   fitted magnitude, standardised, recorrelated, times ``contrast``, sigmoid), solving for
   ``contrast`` by bisection.
 
-Run it (about ten seconds) and paste the printed constants into ``plugins/phase_image.py``::
+Run it (about ten seconds) and paste the printed constants into ``plugins/param/phase_image.py``::
 
     python benchmarks/natural_spectrum.py [--images DIR] [--crop 256] [--json FILE]
 """
@@ -118,7 +118,7 @@ def pixel_contrast(photos: list[torch.Tensor]) -> float:
 
 def solve_contrast(amplitude: tuple, exponent: tuple, target: float, size: int = 256, samples: int = 16) -> float:
     """The ``contrast`` at which phase-image's rendering of random phases has the photos' pixel std."""
-    from pipeline_plugins.phase_image import PhaseImage
+    from pipeline_plugins.param.phase_image import PhaseImage
 
     g = torch.Generator().manual_seed(0)
     grey = torch.full((samples, 3, size, size), 0.5)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  channel {c}: A = {r['amplitude']:.6f}  alpha = {r['exponent']:.4f}  "
               f"rms log residual {r['rms_log_residual']:.3f} over {r['rings']} rings")
     print(f"photographs' pixel std {target:.4f} -> contrast {contrast:.3f}")
-    print("\n# paste into plugins/phase_image.py")
+    print("\n# paste into plugins/param/phase_image.py")
     print(f"NATURAL_AMPLITUDE = {amplitude}")
     print(f"NATURAL_EXPONENT = {exponent}")
     print(f"NATURAL_CONTRAST = {round(contrast, 3)}")
