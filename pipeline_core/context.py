@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the host lists and validates without it
+    import torch
 
-if TYPE_CHECKING:
     from pipeline_core.model import ModelAdapter
     from pipeline_core.parameterization import Parameterization
     from pipeline_core.recipe.plan import Plan
@@ -72,6 +72,8 @@ def seeded_draw(sample: Callable[..., torch.Tensor], shape: tuple[int, ...], gen
     """
     if like.device.type == "cpu":
         return sample(shape, generator=generator).to(like.dtype)
+    import torch
+
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     device_generator = torch.Generator(device=like.device).manual_seed(seed)
     return sample(shape, generator=device_generator, device=like.device, dtype=like.dtype)
@@ -109,5 +111,7 @@ class RunContext:
     def generator(self, step: _Placed) -> torch.Generator:
         """The step's own CPU generator; draw on it, then move the numbers to ``device``."""
         if step.index not in self.generators:
+            import torch
+
             self.generators[step.index] = torch.Generator().manual_seed(step_seed(self.plan.seed, step.index))
         return self.generators[step.index]

@@ -18,14 +18,14 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-from torch import nn
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pipeline_core.errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported where a model is used, so listing and validating start without it
+    import torch
+    from torch import nn
 
 
 __all__ = [
@@ -59,6 +59,8 @@ def _skeleton_layers(model: "ModelDef", spec: "ModelSpec") -> list[str] | None:
     a few milliseconds), or None when the model has no skeleton or it cannot be built so."""
     if model.skeleton is None:
         return None
+    import torch
+
     try:
         with torch.device("meta"):
             return layer_paths(model.skeleton(spec))
@@ -197,20 +199,27 @@ def _submodule(module: nn.Module, dotted: str) -> nn.Module:
         raise ModelLoadError(f"the model has no layer '{dotted}'") from None
 
 
-class _ChannelsLast(torch.autograd.Function):
-    """NHWC for the model; the gradient goes back to the image in the image's own (NCHW) layout.
+@functools.cache
+def _channels_last() -> Any:
+    """The autograd function below, defined on first use (its base class is torch's)."""
+    import torch
 
-    A plain ``contiguous(memory_format=channels_last)`` would hand the update steps an NHWC
-    gradient for an NCHW image, and every elementwise update would then read it strided.
-    """
+    class _ChannelsLast(torch.autograd.Function):
+        """NHWC for the model; the gradient goes back to the image in the image's own (NCHW) layout.
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
+        A plain ``contiguous(memory_format=channels_last)`` would hand the update steps an NHWC
+        gradient for an NCHW image, and every elementwise update would then read it strided.
+        """
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return x.contiguous(memory_format=torch.channels_last)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            return grad.contiguous()
+
+    return _ChannelsLast
 
 
 class ModelAdapter:
@@ -242,6 +251,8 @@ class ModelAdapter:
         compile: bool = False,
         max_rows: int | None = None,
     ):
+        import torch
+
         self.info = info
         #: the most rows (images x views) one model pass takes; more are split (see __call__)
         self.max_rows = max_rows
@@ -291,6 +302,8 @@ class ModelAdapter:
         self._shapes = None
 
     def _feature(self, key: str) -> torch.Tensor:
+        import torch
+
         try:
             feats = self._captured[key]
         except KeyError:
@@ -330,6 +343,8 @@ class ModelAdapter:
         check a channel or a position against it in ``setup``, before the first iteration.
         """
         if self._shapes is None:
+            import torch
+
             side = self.size or 224
             with torch.no_grad():
                 out = self(torch.full((1, 3, side, side), 0.5, device=self.device))
@@ -339,11 +354,13 @@ class ModelAdapter:
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Resize to the model's input size and normalise; differentiable."""
+        import torch.nn.functional as F
+
         if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         if self.channels_last:
-            x = _ChannelsLast.apply(x)
+            x = _channels_last().apply(x)
         return x
 
     def __call__(self, x: torch.Tensor) -> ModelOutput:
@@ -358,6 +375,9 @@ class ModelAdapter:
         """
         if self.max_rows is None or x.shape[0] <= self.max_rows:
             return self._pass(x)
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
         names = list(self._heads)
 
         def run(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -373,6 +393,8 @@ class ModelAdapter:
                            {n: torch.cat([p[i + 1] for p in parts]) for i, n in enumerate(names)})
 
     def _pass(self, x: torch.Tensor) -> ModelOutput:
+        import torch
+
         x = self.prepare(x)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence, Union
 
-import torch
 from pydantic import Field, StrictInt
 
 from pipeline_core.errors import Location, RecipeError
@@ -26,7 +25,9 @@ from pipeline_core.model import layer_head
 from pipeline_core.plan import Plan
 from pipeline_core.step import Step, StepKind, StepParams
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the host lists and validates without it
+    import torch
+
     from pipeline_core.context import RunContext
     from pipeline_core.model import ModelOutput
 
@@ -81,6 +82,8 @@ class ClassObjective(Step):
         self.names = [plan.class_name(i) for i in self.classes]
 
     def setup(self, ctx) -> None:
+        import torch
+
         self.class_tensor = torch.tensor(self.classes, device=ctx.device, dtype=torch.long)
 
     def picked(self, logits: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,6 +207,8 @@ class LayerObjective(Step):
         return [items[i % len(items)] for i in range(n)]
 
     def setup(self, ctx: "RunContext") -> None:
+        import torch
+
         mask = torch.zeros(self.batch, device=ctx.device)
         mask[self.image_indices] = 1.0
         self.mask = mask
@@ -231,6 +236,8 @@ class LayerObjective(Step):
     def loss(self, ctx: "RunContext", out: "ModelOutput", image: torch.Tensor) -> torch.Tensor:
         value = self.value(ctx, out)
         sign = -1.0 if self.params.sign == "maximize" else 1.0
+        import torch
+
         loss = torch.zeros(self.batch, device=value.device, dtype=value.dtype)
         return loss.index_add(0, self.rows, sign * self.params.weight * value)
 

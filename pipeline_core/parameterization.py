@@ -9,8 +9,10 @@ transform of the stored image.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:  # imported where tensors are made, so the host lists and validates without torch
+    import torch
 
 __all__ = [
     "Parameterization",
@@ -40,6 +42,8 @@ class Parameterization:
         return {f"p{i}": p.detach().clone() for i, p in enumerate(self.parameters())}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         with torch.no_grad():
             for i, p in enumerate(self.parameters()):
                 p.copy_(state[f"p{i}"])
@@ -57,6 +61,8 @@ class PixelImage(Parameterization):
         return self.pixels
 
     def set_image(self, image: torch.Tensor) -> None:
+        import torch
+
         image = image.detach()
         if image.shape == self.pixels.shape:
             with torch.no_grad():
@@ -93,6 +99,8 @@ def colour_mixing_matrix() -> torch.Tensor:
     all three colours together (brightness), the others move opposite colours, in proportion to
     how much natural images vary that way.
     """
+    import torch
+
     vecs = torch.tensor(IMAGENET_RGB_EIGENVECTORS, dtype=torch.float64)
     vals = torch.tensor(IMAGENET_RGB_EIGENVALUES, dtype=torch.float64)
     return (vecs * (vals / vals.max()).sqrt()).float()
@@ -107,6 +115,8 @@ def spectrum_scale(height: int, width: int, decay: float) -> torch.Tensor:
     ``f`` is in cycles per pixel and ``f_min = 1 / max(H, W)``, so the DC and lowest
     frequencies get the same, largest gain.
     """
+    import torch
+
     fy = torch.fft.fftfreq(height, dtype=torch.float64).view(-1, 1)
     fx = torch.fft.rfftfreq(width, dtype=torch.float64).view(1, -1)
     f = (fy**2 + fx**2).sqrt().clamp_min(1.0 / max(height, width))
@@ -128,6 +138,8 @@ class FourierImage(Parameterization):
     def __init__(self, image: torch.Tensor, decay: float = 1.0, decorrelate: bool = True,
                  gain: float = 0.25, eps: float = 1e-3, noise: float = 0.0,
                  generator: torch.Generator | None = None):
+        import torch
+
         self.decay = float(decay)
         self.decorrelate = bool(decorrelate)
         self.gain = float(gain)
@@ -157,15 +169,21 @@ class FourierImage(Parameterization):
         return self._gain
 
     def _mix(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.einsum("ij,bjhw->bihw", matrix, x)
 
     def image(self) -> torch.Tensor:
+        import torch
+
         h, w = self._size_hw
         coeffs = torch.view_as_complex(self.spectrum) * self._scale(h, w)
         decorrelated = torch.fft.irfft2(coeffs, s=(h, w), norm="ortho")
         return torch.sigmoid(self._mix(decorrelated, self.mix))
 
     def set_image(self, image: torch.Tensor) -> None:
+        import torch
+
         image = image.detach().float().to(self.device)
         h, w = image.shape[-2:]
         logits = torch.logit(image.clamp(self.eps, 1 - self.eps))
@@ -183,9 +201,13 @@ class FourierImage(Parameterization):
         return [self.spectrum]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return {"p0": self.spectrum.detach().clone(), "size": torch.tensor(self._size_hw)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         if "size" in state:
             h, w = (int(v) for v in state["size"])
             self._size_hw = (h, w)

@@ -21,12 +21,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from pipeline_core.step import StepParams
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 __all__ = [

@@ -13,13 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps
-
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.regular import problem as regular_problem
+
+from .lazy_imports import Image, ImageOps, TF, np, torch
 
 #: ten ordinary photographs (see its ATTRIBUTION.md) whose statistics ``bn-statistics`` matches by default
 BUILTIN_PHOTOS = Path(__file__).resolve().parent / "photos"

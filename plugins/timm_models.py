@@ -20,12 +20,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from pipeline_core.errors import ModelLoadError, did_you_mean
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.model import ModelDef, ModelInfo, ModelSpec
+
+from .lazy_imports import nn, torch
 
 PREFIX = "timm"
 INSTALL = "pip install 'pipeline-transfigure[timm]'"

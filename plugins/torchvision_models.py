@@ -4,22 +4,28 @@ Without ``model.weights`` the ImageNet weights come through torchvision's weight
 download cache); preprocessing and class names come from the weights' metadata. With
 ``model.weights`` a local state dict is loaded into the same architecture, for offline use and
 for fine-tuned classifiers (give ``categories`` and the model's ``mean``/``std``/``size``).
+
+The names and the default weights' metadata (class names, preprocessing, download address)
+come from :mod:`.torchvision_table`, a copy made from the installed torchvision, so listing
+and validating need neither torch nor torchvision; with another torchvision version they are
+read from torchvision itself (:func:`live_table`), as the copy was made.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import os
+import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
-
-import torch
-import torchvision
-from torch import nn
-from torchvision.models import get_model, get_model_weights, list_models
 
 from pipeline_core.errors import ModelLoadError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.model import HeadDef, ModelDef, ModelInfo, ModelSpec
+
+from .lazy_imports import nn, torch
 
 HEADS = {
     "inception_v3": {
@@ -33,21 +39,104 @@ HEADS = {
 }
 
 
+def live_table() -> dict[str, Any]:
+    """Every classification model of the installed torchvision, with its default weights'
+    metadata: ``{"torchvision": version, "categories": (names shared by the models), "models":
+    {name: {"mean", "std", "size", "url"[, "categories" where they differ]}}}``. Imports torch."""
+    import torchvision
+    from torchvision.models import get_model_weights, list_models
+
+    models: dict[str, dict[str, Any]] = {}
+    shared: tuple[str, ...] | None = None
+    for name in list_models(module=torchvision.models):
+        weights = get_model_weights(name).DEFAULT
+        preprocess = weights.transforms()
+        categories = tuple(weights.meta["categories"])
+        shared = categories if shared is None else shared
+        models[name] = {"mean": tuple(preprocess.mean), "std": tuple(preprocess.std),
+                        "size": int(preprocess.crop_size[0]), "url": weights.url,
+                        **({"categories": categories} if categories != shared else {})}
+    return {"torchvision": _installed_version() or torchvision.__version__, "categories": shared or (),
+            "models": models}
+
+
+TABLE_HEADER = '''"""A copy of :func:`pipeline_plugins.torchvision_models.live_table` for torchvision {version}.
+
+The torchvision plugin reads it instead of importing torchvision (seconds, with torch) when the
+installed torchvision is this version. Made by ``python -c "from pipeline_plugins.torchvision_models
+import write_table; write_table()"`` after installing another torchvision; tests/test_startup.py
+checks it against torchvision.
+"""
+
+# generated: do not edit
+
+'''
+
+
+def write_table(path: Path | None = None) -> Path:
+    """Write :func:`live_table` as the module :mod:`.torchvision_table`, beside this one."""
+    import pprint
+
+    live = live_table()
+    path = path or Path(__file__).with_name("torchvision_table.py")
+    body = pprint.pformat(live, width=110, compact=True, sort_dicts=False)
+    path.write_text(TABLE_HEADER.format(version=live["torchvision"]) + f"TABLE = {body}\n", encoding="utf-8")
+    return path
+
+
+def _installed_version() -> str | None:
+    """The installed torchvision distribution's version, read from its metadata (no import)."""
+    try:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def table() -> dict[str, Any]:
+    """:func:`live_table`, from the copy in :mod:`.torchvision_table` when it was made from the
+    installed torchvision version (read without importing torch), else from torchvision."""
+    from .torchvision_table import TABLE
+
+    if _installed_version() == TABLE["torchvision"]:
+        return TABLE
+    return live_table()
+
+
 @functools.cache
 def _default_info(name: str) -> ModelInfo:
-    weights = get_model_weights(name).DEFAULT
-    preprocess = weights.transforms()
+    entry = table()["models"][name]
     return ModelInfo(
-        categories=tuple(weights.meta["categories"]),
-        mean=tuple(preprocess.mean),
-        std=tuple(preprocess.std),
-        size=int(preprocess.crop_size[0]),
+        categories=tuple(entry.get("categories", table()["categories"])),
+        mean=tuple(entry["mean"]),
+        std=tuple(entry["std"]),
+        size=int(entry["size"]),
     )
 
 
+def _hub_dir() -> Path:
+    """torch.hub's folder: ``torch.hub.get_dir()`` once torch is loaded (a script may have moved
+    it with ``set_dir``); before that, where torch documents it: ``$TORCH_HOME/hub``, with
+    TORCH_HOME defaulting to ``$XDG_CACHE_HOME/torch`` and that to ``~/.cache/torch``."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir())
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.path.expanduser(os.environ.get("TORCH_HOME", os.path.join(cache, "torch")))) / "hub"
+
+
 def _cache_path(name: str) -> Path:
-    url = get_model_weights(name).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    url = table()["models"][name]["url"]
+    return _hub_dir() / "checkpoints" / Path(urlparse(url).path).name
+
+
+def pending_download(name: str) -> tuple[str, Path] | None:
+    """(url, file) when building ``name`` without ``model.weights`` downloads its weights (they
+    are not in torch.hub's cache yet); None when they are there, or ``name`` is not torchvision's."""
+    entry = table()["models"].get(name)
+    if entry is None:
+        return None
+    file = _cache_path(name)
+    return None if file.is_file() else (entry["url"], file)
 
 
 def _local_kwargs(name: str, spec: ModelSpec) -> dict:
@@ -61,6 +150,8 @@ def _local_kwargs(name: str, spec: ModelSpec) -> dict:
 
 
 def build(name: str, spec: ModelSpec) -> nn.Module:
+    from torchvision.models import get_model, get_model_weights
+
     if spec.weights is not None:
         try:
             state = torch.load(spec.weights, map_location="cpu", weights_only=True)
@@ -112,6 +203,8 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
 
 def skeleton(name: str, spec: ModelSpec) -> nn.Module:
     """The architecture :func:`build` gives, with random weights: layer paths and shapes without a download."""
+    from torchvision.models import get_model
+
     kwargs = _local_kwargs(name, spec) if spec.weights is not None else dict(spec.kwargs)
     if name in HEADS:
         kwargs.setdefault("init_weights", False)
@@ -120,7 +213,7 @@ def skeleton(name: str, spec: ModelSpec) -> nn.Module:
 
 def model_defs() -> list[ModelDef]:
     defs = []
-    for name in list_models(module=torchvision.models):
+    for name in table()["models"]:
         defs.append(
             ModelDef(
                 name=name,
@@ -138,3 +231,4 @@ def model_defs() -> list[ModelDef]:
 def register_models(registry):
     for model in model_defs():
         registry.add_model(model)
+

@@ -269,9 +269,10 @@ def _write_text(path: Path, text: str, option: str) -> None:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from pipeline_core.recipe.schema import recipe_schema
-    from pipeline_core.run.record import check_output_file
 
     if args.out is not None:
+        from pipeline_core.run.record import check_output_file  # the run room loads torch: only with --out
+
         check_output_file(Path(args.out), "--out")
     text = json.dumps(recipe_schema(_registry()), indent=2)
     if args.out is not None:

@@ -269,14 +269,12 @@ def pending_download(registry: Registry, model_def: ModelDef, spec: ModelSpec) -
     if spec.weights is not None or entry is None or entry.plugin != _TORCHVISION_PLUGIN:
         return None
     try:
-        import torch
-        from torchvision.models import get_model_weights
+        # the plugin's own table of torchvision's weights: no import of torch to ask
+        from pipeline_plugins.torchvision_models import pending_download as torchvision_download
 
-        url = get_model_weights(model_def.name).DEFAULT.url
-        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+        return torchvision_download(model_def.name)
     except Exception:  # noqa: BLE001 - not a torchvision name after all, or no weights: nothing to say
         return None
-    return None if file.is_file() else (url, file)
 
 
 # -- the whole recipe -----------------------------------------------------------------------

@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 import yaml
 from pydantic import ValidationError
 
@@ -27,6 +26,9 @@ from pipeline_core.recipe.messages import describe
 from pipeline_core.recipe.sections import ModelSection
 from pipeline_core.recipe.source import Override, expand_user
 from pipeline_core.registry import Registry
+
+if TYPE_CHECKING:  # only the models it builds need torch; --model for a listing or a check does not
+    import torch
 
 _SPEC_KEYS = ("weights", "mean", "std", "size", "categories", "label")
 #: the keys ``pipeline run --model`` and ``pipeline bench --model`` take: a recipe's model section

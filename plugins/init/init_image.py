@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal, Union
 
-import torch
-import torchvision.transforms.v2.functional as TF
 from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import MAX_SIDE, Step, StepKind, StepParams
 
+from ..lazy_imports import TF, torch
 from ..photo_files import expand_images, load_photo
 from .image_size import Size, image_size
 

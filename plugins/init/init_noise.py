@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
+from ..lazy_imports import torch
 from .image_size import Size, image_size
 
 

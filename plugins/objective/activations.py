@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from ..lazy_imports import torch
 
 
 def spatial_mean(act: torch.Tensor) -> torch.Tensor:

@@ -36,15 +36,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
-import torchvision.transforms.v2.functional as TF
 from pydantic import Field, model_validator
-from torch import nn
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
+from ..lazy_imports import TF, nn, torch
 from ..photo_files import BUILTIN_PHOTOS, expand_images, load_photo
 
 

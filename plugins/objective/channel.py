@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import Indices, LayerObjective, LayerParams, index_list
 
+from ..lazy_imports import torch
 from .activations import spatial_mean
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import LayerObjective, LayerParams
 
+from ..lazy_imports import torch
 from .activations import spatial_mean
 
 

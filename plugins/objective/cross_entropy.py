@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import ClassObjective, ClassParams
+
+from ..lazy_imports import F
 
 
 class CrossEntropyParams(ClassParams):

@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-import torch
 from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import LayerObjective, LayerParams
+
+from ..lazy_imports import torch
 
 
 class DirectionParams(LayerParams):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import LayerObjective, LayerParams
+
+from ..lazy_imports import F, torch
 
 
 class DiversityParams(LayerParams):

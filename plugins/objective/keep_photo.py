@@ -40,13 +40,12 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional, Union
 
-import torch
-import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from pydantic import Field, field_validator, model_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
+
+from ..lazy_imports import F, TF, torch
 
 
 class KeepPhotoParams(StepParams):

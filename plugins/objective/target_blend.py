@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import ClassObjective, Targets, l1_image, list_len, resolve_classes
 from pipeline_core.step import StepParams
+
+from ..lazy_imports import torch
 
 
 class TargetBlendParams(StepParams):

@@ -14,11 +14,12 @@ from about 0.3 to 0.6.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field, model_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
+
+from ..lazy_imports import torch
 
 #: Rec. 601 luma weights: how much each of R, G, B contributes to perceived brightness
 LUMA = (0.299, 0.587, 0.114)

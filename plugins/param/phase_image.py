@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.parameterization import Parameterization, colour_mixing_matrix
 from pipeline_core.step import Step, StepKind, StepParams
+
+from ..lazy_imports import torch
 
 # Fitted by ``python benchmarks/natural_spectrum.py`` (the ten photographs of ../shared/images,
 # 256 px Hann-windowed crops, rings over 2/256..0.25 cycles/pixel): |F_c(f)| = A_c / f^alpha_c

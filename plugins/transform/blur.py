@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torchvision.transforms.v2.functional as TF
 from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import TF
 
 
 class BlurParams(TransformParams):

@@ -8,13 +8,13 @@ torchvision's, and like torchvision the result is clamped to [0, 1] unless ``cla
 
 from __future__ import annotations
 
-import torch
-import torchvision.transforms.v2.functional as TF
 from pydantic import Field
 
 from pipeline_core.context import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import TF, torch
 
 
 class ColorJitterParams(TransformParams):

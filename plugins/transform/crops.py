@@ -38,13 +38,13 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline_core.context import seeded_draw, to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import MAX_SIDE, Step, StepKind, TransformParams
+
+from ..lazy_imports import F, torch
 
 Box = Union[float, tuple[float, float]]
 

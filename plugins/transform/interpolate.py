@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import MAX_SIDE, Step, StepKind, TransformParams
+
+from ..lazy_imports import F
 
 
 class InterpolateParams(TransformParams):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline_core.context import seeded_draw, to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import F, torch
 
 Fill = Literal["reflect", "replicate", "constant", "noise"]
 

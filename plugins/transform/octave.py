@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import F
 
 
 class OctaveParams(TransformParams):

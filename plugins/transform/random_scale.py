@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from pipeline_core.context import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import F, torch
 
 
 class RandomScaleParams(TransformParams):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline_core.context import to_device
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import F, torch
 
 
 class RotateParams(TransformParams):

@@ -31,15 +31,16 @@ leaves their gradient alone and says so in run.json (``step_facts``).
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import nn, torch
 
 
 class SkipGradientParams(TransformParams):
@@ -79,17 +80,24 @@ def residual_branches(module: nn.Module) -> list[str]:
     return found
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the gradient multiplied by ``gamma``."""
+@functools.cache
+def _scale_grad() -> type:
+    """The autograd function, defined on first use: its base class is torch's, and the module
+    loads without torch (``lazy_imports``)."""
 
-    @staticmethod
-    def forward(ctx, x, gamma):
-        ctx.gamma = gamma
-        return x.clone()  # a new tensor, not a view: ResNet blocks add the skip to it in place
+    class _ScaleGrad(torch.autograd.Function):
+        """Identity forward; the gradient multiplied by ``gamma``."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.gamma, None
+        @staticmethod
+        def forward(ctx, x, gamma):
+            ctx.gamma = gamma
+            return x.clone()  # a new tensor, not a view: ResNet blocks add the skip to it in place
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * ctx.gamma, None
+
+    return _ScaleGrad
 
 
 class SkipGradient(Step):
@@ -132,7 +140,7 @@ class SkipGradient(Step):
                 # asked for each time: a resumed run restores the generators after setup
                 u = torch.rand(shape, generator=ctx.generator(self), dtype=torch.float64)
                 output = output * (1 - erosion + 2 * erosion * u).to(output.device, output.dtype)
-            return _ScaleGrad.apply(output, gamma)
+            return _scale_grad().apply(output, gamma)
 
         for p in paths:  # the model is built for this run alone, so the hooks need no removing
             module.get_submodule(p).register_forward_hook(hook)

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-import torch
 from pydantic import Field, field_validator
 
 from pipeline_core.context import seeded_draw
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
+
+from ..lazy_imports import torch
 
 
 class SpectrumJitterParams(TransformParams):

@@ -6,12 +6,12 @@ image is a new tensor, and its moments start afresh.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field, field_validator
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind
 
+from ..lazy_imports import torch
 from .update_params import UpdateParams
 
 

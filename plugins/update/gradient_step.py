@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind
 
+from ..lazy_imports import torch
 from .update_params import UpdateParams
 
 

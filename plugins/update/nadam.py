@@ -9,11 +9,11 @@ exactly; a resized image is a new tensor and its moments start afresh.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from pipeline_core.hookspecs import hookimpl
 
+from ..lazy_imports import torch
 from .adam import Adam, AdamParams
 
 
