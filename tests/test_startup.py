@@ -66,8 +66,6 @@ def test_listing_commands_do_not_import_torch(args, tmp_path):
     assert not chain, f"pipeline {' '.join(args)} imported {chain[0]} through {' <- '.join(chain[1:])}"
 
 
-@pytest.mark.xfail(strict=True, reason="output/frames.py imports torch, numpy and PIL at its top level, and "
-                                       "validation checks the video frame's size with its layout functions")
 def test_validate_does_not_import_torch(tmp_path):
     """Validation reads the model's names and class names from the torchvision plugin's table and
     checks layer paths (the one check that builds a model, on torch's meta device) only for a

@@ -11,11 +11,11 @@ load, under 2 ms through NumPy; see docs/performance.md).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
-from PIL import Image
+if TYPE_CHECKING:  # the layout functions need none of these: validate checks a run's frame sizes without them
+    import numpy as np
+    import torch
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -28,6 +28,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def _planes_uint8(images: torch.Tensor) -> np.ndarray:
     """As :func:`to_uint8`, but (B, 3, H, W): the channels stay planes, as the images hold them."""
+    import numpy as np
+    import torch
+
     x = images.detach()
     if x.device.type != "cpu" or x.dtype != torch.float32:
         x = x.to("cpu", torch.float32)
@@ -67,6 +70,8 @@ def auto_tile(n: int, side: int, with_panel: bool, columns: int | None = None, p
 
 def logits_panel(logits: np.ndarray, targets: Sequence[int], height: int, width: int) -> np.ndarray:
     """A scatter of one image's logits over the class index, the target classes in red."""
+    import numpy as np
+
     panel = np.full((height, width, 3), 250, dtype=np.uint8)
     n = logits.shape[0]
     if n == 0 or not np.all(np.isfinite(logits)):
@@ -90,6 +95,9 @@ def logits_panel(logits: np.ndarray, targets: Sequence[int], height: int, width:
 def _resized(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(B, 3, H, W) uint8 resized to ``size`` (h, w), plane by plane (Pillow's bilinear filter,
     which widens when shrinking; the same pixels as resizing the RGB picture)."""
+    import numpy as np
+    from PIL import Image
+
     h, w = size
     return np.stack([
         np.stack([np.asarray(Image.fromarray(plane).resize((w, h), Image.Resampling.BILINEAR)) for plane in image])
@@ -141,6 +149,8 @@ def compose(
     image: the margin a photo's shared canvas filled with its repeated edge pixels stays the
     background, so a cell shows the photo's own frame, centred as it lies on the canvas.
     """
+    import numpy as np
+
     b, _, h, w = images.shape
     planes = _planes_uint8(images)
     size = scaled_size(h, w, tile)
