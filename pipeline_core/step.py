@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import functools
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipeline_core.errors import Location, RecipeError
 
@@ -56,6 +56,7 @@ __all__ = [
     "StepParams",
     "TransformParams",
     "Step",
+    "ramp_range",
 ]
 
 #: the values a transform's ``on:`` may take (``Step.places``), and what each means in an error
@@ -90,6 +91,25 @@ class TransformParams(StepParams):
     on: Literal["image", "view"] = Field(
         "image", description="image: change the stored image (the article); view: only what the model sees (Lucid)."
     )
+
+
+def ramp_range(low: float, high: float, *, what: str, high_open: bool = False, why: str = "") -> Any:
+    """The type of a parameter that is one number or a ``[start, end]`` pair (read with
+    :meth:`Step.ramp`), each value within ``[low, high]`` (``[low, high)`` with ``high_open``;
+    ``high=float("inf")`` for no upper bound).
+
+    One check for every ramped parameter, with one wording: ``what`` names the value in the
+    error ("a standard deviation must lie in [0, 1], not 2.0"), ``why`` adds the reason."""
+    bounds = f"be at least {low:g}" if high == float("inf") else f"lie in [{low:g}, {high:g}{')' if high_open else ']'}"
+    tail = f": {why}" if why else ""
+
+    def check(v: "float | tuple[float, float]") -> "float | tuple[float, float]":
+        for x in v if isinstance(v, tuple) else (v,):
+            if not (low <= x < high if high_open else low <= x <= high):
+                raise ValueError(f"{what} must {bounds}, not {x}{tail}")
+        return v
+
+    return Annotated[Union[float, tuple[float, float]], AfterValidator(check)]
 
 
 class Step:

@@ -187,6 +187,8 @@ CATALOGUE: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
      [f"{R}:14:", "step 3 (adam)", "betas must lie in [0, 1)"]),
     ("rotate zoom zero", sub(BLUR, "  - step: rotate\n    scale: [0, 1]\n"), ["validate"],
      [f"{R}:10:", "step 1 (rotate)", "0 < low"]),
+    ("ramp out of range", sub(BLUR, "  - step: spectrum-jitter\n    strength: [0.5, 1]\n"), ["validate"],
+     [f"{R}:10:", "step 1 (spectrum-jitter)", "a strength must lie in [0, 1), not 1.0"]),
     ("hue too large", sub(BLUR, "  - step: color-jitter\n    hue: 2\n"), ["validate"], [f"{R}:10:", "key 'hue'"]),
     ("octave split", sub(BLUR, "  - step: octave\n    scales: [0.5, 1]\n    split: [1]\n"), ["validate"],
      [f"{R}:11:", "step 1 (octave)", "key 'split'"]),

@@ -90,7 +90,7 @@ def test_a_weight_ramp_moves_linearly_over_the_run():
     step = KeepPhoto(KeepPhotoParams(weight=(0.0, 100.0), sigma=0.0), schedule=Schedule(0, 11))
     step.setup(None)
     assert [step.ramp(step.params.weight, i) for i in (0, 5, 10)] == [0.0, 50.0, 100.0]
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="a weight must be at least 0, not -1"):
         KeepPhotoParams(weight=(100.0, -1.0))
 
 

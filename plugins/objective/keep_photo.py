@@ -38,18 +38,22 @@ InceptionV3, where skip-gradient leaves the gradient alone (benchmarks/README.md
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.step import Step, StepKind, StepParams
+from pipeline_core.step import Step, StepKind, StepParams, ramp_range
 
 from ..lazy_imports import F, TF, torch
 
 
+#: one weight, or a [start, end] ramp, none negative
+Weight = ramp_range(0, float("inf"), what="a weight")
+
+
 class KeepPhotoParams(StepParams):
-    weight: Optional[Union[float, tuple[float, float]]] = Field(
+    weight: Optional[Weight] = Field(
         None, description="Multiplies the distance to the photo (pixels in [0, 1]); about 100 (the default, "
                           "unless hold is given) keeps the layout against L1-loss's C of 200. One number, or "
                           "[start, end] moving linearly over the step's active iterations.")
@@ -66,14 +70,6 @@ class KeepPhotoParams(StepParams):
                                         "back from a whole range (1.0) away is hold times it. On MobileNetV2, hold 1 "
                                         "gave weights of 500-1100 with the plain gradient and 120-240 with "
                                         "skip-gradient 0.5.")
-
-    @field_validator("weight")
-    @classmethod
-    def _not_negative(cls, v):
-        for x in (() if v is None else v if isinstance(v, tuple) else (v,)):
-            if x < 0:
-                raise ValueError(f"a weight cannot be negative, not {x}")
-        return v
 
     @model_validator(mode="after")
     def _weight_or_hold(self):

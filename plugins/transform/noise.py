@@ -17,31 +17,27 @@ generator seeded by it), so runs replay and resume exactly.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from pipeline_core.context import seeded_draw
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.step import Step, StepKind, TransformParams
+from pipeline_core.step import Step, StepKind, TransformParams, ramp_range
 
 from ..lazy_imports import torch
 
 
+#: one standard deviation, or a [start, end] ramp, each in [0, 1]
+NoiseStd = ramp_range(0, 1, what="a standard deviation")
+
+
 class NoiseParams(TransformParams):
     on: Literal["image", "view"] = Field("view", description="view only: the stored image is never noised.")
-    std: Union[float, tuple[float, float]] = Field(
+    std: NoiseStd = Field(
         0.1, description="Standard deviation of the noise, in the [0, 1] pixel range: one number, or [start, end] "
                          "moving linearly over the step's active iterations (strong noise first: the large shapes "
                          "form; weak noise last: the detail comes).")
-
-    @field_validator("std")
-    @classmethod
-    def _in_range(cls, v):
-        for x in (v if isinstance(v, tuple) else (v,)):
-            if not 0 <= x <= 1:
-                raise ValueError(f"a standard deviation must lie in [0, 1], not {x}")
-        return v
 
 
 class Noise(Step):

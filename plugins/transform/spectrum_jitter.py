@@ -21,31 +21,27 @@ class down and 0.2 was even with no jitter (benchmarks/README.md); no recipe use
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from pipeline_core.context import seeded_draw
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.step import Step, StepKind, TransformParams
+from pipeline_core.step import Step, StepKind, TransformParams, ramp_range
 
 from ..lazy_imports import torch
 
 
+#: one strength, or a [start, end] ramp, each in [0, 1)
+Strength = ramp_range(0, 1, what="a strength", high_open=True, why="a factor must stay positive")
+
+
 class SpectrumJitterParams(TransformParams):
     on: Literal["image", "view"] = Field("view", description="view only: the stored image keeps its spectrum.")
-    strength: Union[float, tuple[float, float]] = Field(
+    strength: Strength = Field(
         0.5, description="Each frequency is multiplied by a factor drawn from [1 - strength, 1 + strength], a "
                          "new draw per view and iteration (the paper used 0.5); one number, or [start, end] "
                          "moving linearly over the step's active iterations.")
-
-    @field_validator("strength")
-    @classmethod
-    def _in_range(cls, v):
-        for x in (v if isinstance(v, tuple) else (v,)):
-            if not 0 <= x < 1:
-                raise ValueError(f"a strength must lie in [0, 1), not {x}: a factor must stay positive")
-        return v
 
 
 def scale_spectrum(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
