@@ -32,7 +32,12 @@ def _is_sweep(path: Path) -> bool:
 
 
 ALL = sorted(p.name for p in RECIPES.glob("*.yaml") if not _is_sweep(p))
-REGISTRY = make_registry()
+try:  # the example plugin: the model recipes/best_class_ensemble.yaml adds beside the main one
+    import pipeline_efficientnet.plugin as _efficientnet
+
+    REGISTRY = make_registry(_efficientnet)
+except ImportError:
+    REGISTRY = make_registry()
 
 #: every experiment the article walks through, and the recipe beyond it
 EXPECTED = {

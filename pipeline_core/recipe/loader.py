@@ -11,7 +11,7 @@ import os
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,6 +59,8 @@ class Recipe:
     download: tuple[str, Path] | None = None
     #: for a model lent from Python: where it came from and how to replay the run (run.json's model.in_memory)
     model_note: dict[str, Any] | None = None
+    #: model.ensemble: each member's plugin definition, spec and preprocessing, checked
+    ensemble: list[tuple[ModelDef, ModelSpec, ModelInfo]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -258,6 +260,37 @@ def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[Mo
     return model_def, info
 
 
+def _ensemble(source: Source, registry: Registry, rm: RecipeModel,
+              info: ModelInfo) -> list[tuple[ModelDef, ModelSpec, ModelInfo]]:
+    """``model.ensemble``: each member read as ``--model`` reads its argument (weights relative to
+    the recipe), found in the registry and checked to have the main model's number of classes."""
+    from pipeline_core.recipe.model_arg import RUN_KEYS, parse_model_arg
+
+    members = []
+    for i, text in enumerate(rm.model.ensemble):
+        where = source.where(("model", "ensemble", i), key="model.ensemble")
+        try:
+            member = parse_model_arg(text, source.base_dir, RUN_KEYS)
+            model_def = registry.model(member.name)
+            member_info = model_def.describe(member.spec())
+        except RecipeError as exc:
+            raise RecipeError(exc.message.replace("--model ", "model.ensemble: ", 1), where) from None
+        except KeyError as exc:
+            raise RecipeError(f"model.ensemble: {exc.args[0]} (see 'pipeline models')", where) from None
+        except ModelLoadError as exc:
+            raise RecipeError(f"model.ensemble: {exc.message}", where) from None
+        if len(member_info.categories) != len(info.categories):
+            raise RecipeError(f"model.ensemble: '{text}' has {len(member_info.categories)} classes and the model "
+                              f"{len(info.categories)}; an ensemble averages logits of the same classes", where)
+        members.append((model_def, member.spec(), member_info))
+        if member.weights is not None:  # run.json replays from its own folder: the weights' path made absolute
+            from pipeline_core.recipe.model_arg import _split_top
+
+            parts = [f"weights={member.weights}" if p.startswith("weights") else p for p in _split_top(text)]
+            rm.model.ensemble[i] = ",".join(parts)
+    return members
+
+
 #: the plugin whose models take torchvision's ImageNet weights through its download cache
 _TORCHVISION_PLUGIN = "pipeline_plugins.torchvision_models"
 
@@ -345,7 +378,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
             step.bind(plan)
             for head in sorted(step.heads):
                 _check_head(model_def, info, head)
-                if head.startswith("layer:") and head not in model_def.heads:  # a wrong path, found offline
+                member_layer = bool(rm.model.ensemble) and head.startswith("layer:ensemble.")  # checked once built
+                if head.startswith("layer:") and head not in model_def.heads and not member_layer:  # found offline
                     if skeleton is None:
                         skeleton = _skeleton_layers(model_def, spec) or []
                     if skeleton and head[len("layer:"):] not in skeleton:
@@ -374,7 +408,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
     _check_frames(source, rm, batch)
     _check_writers(source, registry, rm)
     download = pending_download(registry, model_def, spec)
-    return Recipe(source, rm, model_def, spec, info, plan, specs, bound, download)
+    ensemble = _ensemble(source, registry, rm, info)
+    return Recipe(source, rm, model_def, spec, info, plan, specs, bound, download, ensemble=ensemble)
 
 
 def _given(source: Source, message: str, loc: Location, *causes: PathKey) -> str:

@@ -40,6 +40,11 @@ class ModelSection(Section):
         None, description="Class names in output order, or a text file with one name per line."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the model builder.")
+    ensemble: list[str] = Field(
+        default_factory=list, max_length=8,
+        description="More classifiers, each NAME[,KEY=VALUE...] as --model takes it: every view goes through "
+                    "them too, at their own size and normalisation, and their logits are averaged with this "
+                    "model's (a prior borrowed from other models: plausible mode). They need the same classes.")
 
     @field_validator("std")
     @classmethod

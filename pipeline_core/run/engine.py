@@ -100,10 +100,27 @@ def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelA
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
         raise ModelLoadError(f"could not build model '{recipe.model_spec.name}': {exc}") from exc
+    if recipe.ensemble:
+        module = _with_ensemble(recipe, module)
     _check_layers(recipe, module)
     return ModelAdapter(module, recipe.model_info, recipe.model_def.heads, sorted(heads), device,
                         precision=perf.precision, channels_last=perf.channels_last, compile=perf.compile,
                         max_rows=perf.max_rows if isinstance(perf.max_rows, int) else None)
+
+
+def _with_ensemble(recipe: Recipe, module: torch.nn.Module) -> torch.nn.Module:
+    """The main module with the recipe's ``model.ensemble`` members (see :mod:`run.ensemble`)."""
+    from pipeline_core.run.ensemble import Ensemble
+
+    members = []
+    for model_def, spec, info in recipe.ensemble:
+        try:
+            members.append((model_def.build(spec).eval().requires_grad_(False), info))
+        except PipelineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
+            raise ModelLoadError(f"could not build model '{spec.name}' of model.ensemble: {exc}") from exc
+    return Ensemble(module, recipe.model_info, members)
 
 
 def _check_layers(recipe: Recipe, module: torch.nn.Module) -> None:
