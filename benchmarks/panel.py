@@ -19,7 +19,7 @@ The rule (first answer only): *strict* when the answer names the class, one of i
 a more specific name or a near-identical kind a layperson would not tell apart; *basic* when
 it is strict or names the right basic-level kind (crab for king crab, dog for any breed);
 never for a top-level word (animal, object, thing, food...), and never for an answer that
-begins 'nothing nameable', whatever hedge follows it. The terms of each class live in
+begins 'nothing nameable' or 'cannot tell', whatever hedge follows it. The terms of each class live in
 benchmarks/panel_rules.yaml, written before any answer was read; a term matches as whole
 words, case and plural aside. A judgement the terms cannot express (an answer that names the
 class in other words) goes into a rulings file (image -> strict, basic, reason), applied
@@ -187,6 +187,8 @@ def judge(answer: str, rule: dict[str, list[str]]) -> tuple[bool, bool, str]:
     w = words(answer)
     if w[:2] == ["nothing", "nameable"]:  # a hedge after it ('nothing nameable (maybe a crab)') is no name
         return False, False, "the observer named nothing"
+    if re.match(r"\s*(i\s+)?(cannot|can't|can not|could not|couldn't)\s+tell\b", answer.lower()):
+        return False, False, "the observer could not tell (a guess after it is no name)"
     for term in rule.get("strict", []):
         if contains(w, term):
             return True, True, f"names '{term}' (strict term)"

@@ -66,6 +66,10 @@ def test_the_rule_scores_strict_basic_and_never_a_top_level_word():
     assert panel.judge("an animal", {"strict": [], "basic": ["animal"]})[:2] == (False, False)
     assert panel.judge("nothing nameable", rules["modem"])[:2] == (False, False)
     assert panel.judge("nothing nameable (maybe crab legs)", rules["king crab"])[:2] == (False, False)
+    # 'cannot tell' with a guess after it is no name either (an 'orange' guess once counted for the fruit)
+    assert panel.judge("cannot tell; maybe crab legs", rules["king crab"])[:2] == (False, False)
+    assert panel.judge("I can't tell, a crab?", rules["king crab"])[:2] == (False, False)
+    assert panel.judge("a crab I cannot tell apart", rules["king crab"])[:2] == (False, True)
 
 
 def test_score_keeps_every_answer_with_its_reason_and_applies_rulings(tmp_path):
