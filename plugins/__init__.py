@@ -15,6 +15,7 @@ DeprecationWarning (``moved_modules``).
 from . import moved_modules, timm_models, torchvision_models
 from .init import init_image, init_noise
 from .objective import (
+    backdrop,
     bn_statistics,
     channel,
     channel_interpolate,
@@ -76,6 +77,7 @@ BUILTIN_PLUGINS = [
     keep_photo,
     bn_statistics,
     tone,
+    backdrop,
     gradient_step,
     sign_step,
     adam,
