@@ -11,6 +11,12 @@ fourth channel.
 
 The plain colour is each image's own surround mean (not differentiated), so the backdrop may be
 dark or light, as the picture goes; or a fixed colour.
+
+What it does not do (measured): added to best_class.yaml (weight 300, radius [0.6, 1.2]) it
+gives plain surrounds, but the class is packed into the middle rather than drawn whole, and
+naive observers named those pictures no more often than the recipe's own (7 of 24 against 8 of
+24 on tuning classes, two seeds, each observer seeing both; benchmarks/README.md). It is a
+composition tool (an object on a plain ground, for a print), not a recognisability prior.
 """
 
 from __future__ import annotations
