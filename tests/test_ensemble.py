@@ -39,6 +39,25 @@ def test_the_main_models_layer_paths_and_weights_stay_its_own():
     assert not main.training  # the main module's own flag too (InceptionV3's forward reads it)
     ens.to(torch.float64)
     assert all(p.dtype == torch.float64 for p in main.parameters())  # moving the ensemble moves the model
+    main.num_prefix_tokens = 1
+    assert ens.num_prefix_tokens == 1  # the main model's own attributes read through (a ViT's, for its heads)
+
+
+def test_a_model_with_its_own_ensemble_layer_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from pipeline_core.errors import ModelLoadError
+    from pipeline_core.run.engine import _with_ensemble
+
+    main = TinyNet(seed=0)
+    main.ensemble = torch.nn.Linear(2, 2)
+    info = ModelInfo(categories=TINY_CLASSES, mean=(0.5,) * 3, std=(0.5,) * 3, size=32)
+    member = SimpleNamespace(build=lambda spec: TinyNet(seed=1))
+    recipe = SimpleNamespace(ensemble=[(member, None, info)], model_info=info,
+                             model_spec=SimpleNamespace(name="tiny"),
+                             model=SimpleNamespace(model=SimpleNamespace(ensemble=["tiny"])))
+    with pytest.raises(ModelLoadError, match="has a layer named 'ensemble'"):
+        _with_ensemble(recipe, main)
 
 
 def _recipe(folder: Path, ensemble: list[str], weights: Path, iterations: int = 2) -> Path:
@@ -89,6 +108,16 @@ def test_a_real_two_model_ensemble_runs_and_reaches_the_members_layers(cli, tmp_
     members = record["recipe"]["model"]["ensemble"]
     assert members[0] == "efficientnet-lite0"
     assert f"weights={local}" in members[1]  # absolute in the record, so the run replays from its folder
+    assert "mean=[0.5, 0.5, 0.5]" in members[1] and "size=224" in members[1]
+    assert record["model"]["ensemble"] == members  # the record says the picture is the ensemble's
+    replay = cli("run", str(tmp_path / "both" / "run.json"), "--out", str(tmp_path / "replay"), "--quiet",
+                 "--threads", "1", cwd=tmp_path / "w")  # from another folder: nothing relative is left
+    assert replay.returncode == 0, replay.stderr
+    alone_again = cli("run", str(recipe), "--out", str(tmp_path / "other"), "--quiet", "--threads", "1",
+                      "--model", f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=224")
+    assert alone_again.returncode == 0, alone_again.stderr
+    other = json.loads((tmp_path / "other" / "run.json").read_text())
+    assert other["recipe"]["model"].get("ensemble", []) == []  # --model replaces the whole model, members too
     assert record["images"][0]["target_probability"] != one["images"][0]["target_probability"]
 
 
@@ -119,3 +148,14 @@ def test_a_members_layer_is_named_under_ensemble(cli, tmp_path, mobilenet_path):
     done = cli("run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"), "--quiet", "--threads", "1")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "has no layer 'ensemble.0._blocks.99'" in done.stderr and "ensemble.0._blocks.9" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_member_that_cannot_be_built_is_named_in_one_line(cli, tmp_path, mobilenet_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a state dict")
+    recipe = _recipe(tmp_path, [f"mobilenet_v2,weights={bad},mean=0.5,std=0.5,size=224"], mobilenet_path, 1)
+    done = cli("run", str(recipe), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "model.ensemble[0] 'mobilenet_v2,weights=" in line and f"{recipe}:9:" in line, line

@@ -262,15 +262,18 @@ def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[Mo
 
 def _ensemble(source: Source, registry: Registry, rm: RecipeModel,
               info: ModelInfo) -> list[tuple[ModelDef, ModelSpec, ModelInfo]]:
-    """``model.ensemble``: each member read as ``--model`` reads its argument (weights relative to
-    the recipe), found in the registry and checked to have the main model's number of classes."""
+    """``model.ensemble``: each member read as ``--model`` reads its argument (paths relative to
+    the recipe, or to the shell for an override), found in the registry and checked to have the
+    main model's number of classes. Each member is written back in full (absolute weights, its
+    preprocessing, its class names as a list), so run.json replays it from any folder."""
     from pipeline_core.recipe.model_arg import RUN_KEYS, parse_model_arg
 
     members = []
     for i, text in enumerate(rm.model.ensemble):
-        where = source.where(("model", "ensemble", i), key="model.ensemble")
+        path: PathKey = ("model", "ensemble", i)
+        where = source.where(path, key="model.ensemble")
         try:
-            member = parse_model_arg(text, source.base_dir, RUN_KEYS)
+            member = parse_model_arg(text, _base_for(source, ("model", "ensemble")), RUN_KEYS)
             model_def = registry.model(member.name)
             member_info = model_def.describe(member.spec())
         except RecipeError as exc:
@@ -279,16 +282,31 @@ def _ensemble(source: Source, registry: Registry, rm: RecipeModel,
             raise RecipeError(f"model.ensemble: {exc.args[0]} (see 'pipeline models')", where) from None
         except ModelLoadError as exc:
             raise RecipeError(f"model.ensemble: {exc.message}", where) from None
+        except Exception as exc:  # noqa: BLE001 - a plugin's metadata failed
+            raise RecipeError(f"model.ensemble: model '{member.name}' could not describe itself: {exc}",
+                              where) from None
         if len(member_info.categories) != len(info.categories):
             raise RecipeError(f"model.ensemble: '{text}' has {len(member_info.categories)} classes and the model "
                               f"{len(info.categories)}; an ensemble averages logits of the same classes", where)
         members.append((model_def, member.spec(), member_info))
-        if member.weights is not None:  # run.json replays from its own folder: the weights' path made absolute
-            from pipeline_core.recipe.model_arg import _split_top
-
-            parts = [f"weights={member.weights}" if p.startswith("weights") else p for p in _split_top(text)]
-            rm.model.ensemble[i] = ",".join(parts)
+        rm.model.ensemble[i] = _member_text(member)
     return members
+
+
+def _member_text(member: Any) -> str:
+    """A member as ``--model`` reads it, every path absolute and every list in YAML's flow style."""
+    parts = [member.name]
+    if member.weights is not None:
+        parts.append(f"weights={member.weights}")
+    for key in ("mean", "std"):
+        value = getattr(member, key)
+        if value is not None:
+            parts.append(f"{key}={json.dumps(list(value))}")
+    if member.size is not None:
+        parts.append(f"size={member.size}")
+    if member.categories is not None:
+        parts.append(f"categories={json.dumps(list(member.categories))}")
+    return ",".join(parts)
 
 
 #: the plugin whose models take torchvision's ImageNet weights through its download cache

@@ -180,6 +180,7 @@ def model_overrides(text: str, base: Path | None = None) -> list[Override]:
     values = {"name": model.name, "weights": str(model.weights) if model.weights else None,
               "mean": list(model.mean) if model.mean else None, "std": list(model.std) if model.std else None,
               "size": model.size, "categories": model.categories}
+    values["ensemble"] = []  # the members were the recipe's model's company: --set model.ensemble=[...] adds some
     return [Override(f"model.{key}={json.dumps(value)}", f"--model {text}") for key, value in values.items()]
 
 

@@ -113,13 +113,18 @@ def _with_ensemble(recipe: Recipe, module: torch.nn.Module) -> torch.nn.Module:
     from pipeline_core.run.ensemble import Ensemble
 
     members = []
-    for model_def, spec, info in recipe.ensemble:
+    for i, (model_def, spec, info) in enumerate(recipe.ensemble):
+        which = f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}'"
         try:
             members.append((model_def.build(spec).eval().requires_grad_(False), info))
-        except PipelineError:
-            raise
+        except PipelineError as exc:  # its wording names model.* keys: say which model it is about
+            raise ModelLoadError(f"{which}: {exc.message}", recipe.source.where(("model", "ensemble", i))) from None
         except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
-            raise ModelLoadError(f"could not build model '{spec.name}' of model.ensemble: {exc}") from exc
+            raise ModelLoadError(f"{which}: could not build the model: {exc}",
+                                 recipe.source.where(("model", "ensemble", i))) from exc
+    if "ensemble" in dict(module.named_children()):
+        raise ModelLoadError(f"model '{recipe.model_spec.name}' has a layer named 'ensemble', the name "
+                             "model.ensemble gives its members; drop model.ensemble for this model")
     return Ensemble(module, recipe.model_info, members)
 
 

@@ -12,7 +12,11 @@ buffers under the same names, so ``layer:features.3`` still names the main model
 one more child, ``ensemble``, holding the members (``layer:ensemble.0.features.3`` names a
 member's). Steps that walk the model's modules (``bn-statistics``, ``skip-gradient``) therefore
 reach the members too. Each member sees the main model's view undone to [0, 1], resized to its
-own input size and normalised its own way.
+own input size and normalised its own way (the main model's view is undone to [0, 1] and resized,
+antialiased when it shrinks).
+
+The run's probabilities (the final top five, report.html) are the ensemble's: the model that
+made the picture is the ensemble.
 """
 
 from __future__ import annotations
@@ -38,25 +42,44 @@ class Ensemble(nn.Module):
         self._buffers = main._buffers
         self._modules = dict(main._modules)
         self.ensemble = nn.ModuleList(module for module, _ in members)
-        self._main_mean = torch.tensor(main_info.mean).view(1, 3, 1, 1)
-        self._main_std = torch.tensor(main_info.std).view(1, 3, 1, 1)
-        self._inputs = [(torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1), info.size)
-                        for _, info in members]
+        # plain tensors, not buffers: a buffer would be written into the main module's own dict
+        self._main_norm = _norm(main_info)
+        self._inputs = [(_norm(info), info.size) for _, info in members]
+        self._on: dict[torch.device, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # a parameter, buffer or child of this module
+        except AttributeError:
+            return getattr(self._main, name)  # the main model's own attributes (a ViT's num_prefix_tokens)
 
     def train(self, mode: bool = True) -> "Ensemble":
         super().train(mode)
         self._main.train(mode)  # the main module's own flag (InceptionV3 returns aux logits in training)
         return self
 
+    def _norms(self, device: torch.device) -> Any:
+        """The main model's and every member's mean and std on ``device``, moved there once."""
+        if device not in self._on:
+            self._on[device] = ([t.to(device) for t in self._main_norm],
+                                [([t.to(device) for t in norm], size) for norm, size in self._inputs])
+        return self._on[device]
+
     def forward(self, x: torch.Tensor) -> Any:
         out = self._main(x)
         logits = out[0] if isinstance(out, tuple) else out
-        image = x.float() * self._main_std.to(x.device) + self._main_mean.to(x.device)
+        (main_mean, main_std), inputs = self._norms(x.device)
+        image = x.float() * main_std + main_mean
         total = logits.float()
-        for member, (mean, std, size) in zip(self.ensemble, self._inputs):
+        for member, ((mean, std), size) in zip(self.ensemble, inputs):
             view = image
             if size and tuple(view.shape[-2:]) != (size, size):
-                view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False)
-            member_out = member((view - mean.to(x.device)) / std.to(x.device))
+                shrink = size < view.shape[-1]  # antialiased when shrinking, as torchvision's Resize does
+                view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+            member_out = member((view - mean) / std)
             total = total + (member_out[0] if isinstance(member_out, tuple) else member_out).float()
         return total / (1 + len(self.ensemble))
+
+
+def _norm(info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)

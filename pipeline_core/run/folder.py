@@ -103,6 +103,8 @@ class RunFolder:
             weights = "timm pretrained" if spec.name.startswith("timm:") else "torchvision default"
         model: dict[str, Any] = {"name": spec.name, "weights": weights,
                                  "mean": list(info.mean), "std": list(info.std), "size": info.size}
+        if recipe.ensemble:  # the picture is the ensemble's: every member, as the recipe names it
+            model["ensemble"] = list(recipe.model.model.ensemble)
         if recipe.model_note is not None:  # lent from Python: no file or name rebuilds it
             model["weights"] = "in memory"
             model["in_memory"] = recipe.model_note

@@ -38,7 +38,8 @@ class Borrowed:
     def overrides(self) -> list[str]:
         """The recipe's model section pointed at the lent model (its own keys set to null, as
         ``--model`` does, so nothing of the recipe's model mixes with this one)."""
-        keys = {"name": self.name, "weights": None, "mean": None, "std": None, "size": None, "categories": None}
+        keys = {"name": self.name, "weights": None, "mean": None, "std": None, "size": None, "categories": None,
+                "ensemble": []}
         import json
 
         return [Override(f"model.{k}={json.dumps(v)}", f"model={self.label}") for k, v in keys.items()]
