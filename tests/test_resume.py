@@ -180,6 +180,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "noise": {"step": "noise", "std": 0.1},
     "spectrum-jitter": {"step": "spectrum-jitter", "strength": [0.5, 0.2]},
     "tone": {"step": "tone", "weight": 50.0, "std": [0.2, 0.25]},
+    "backdrop": {"step": "backdrop", "weight": 20.0, "radius": [0.4, 1.1], "colour": [0.2, 0.2, 0.2]},
     "bn-statistics": {"step": "bn-statistics", "weight": 0.5, "over": "image", "first": 3.0},
     "skip-gradient": {"step": "skip-gradient", "gamma": 0.5, "erosion": 0.3, "layers": ["features.3"],
                       "until": 0.6},
