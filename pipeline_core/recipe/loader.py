@@ -240,23 +240,26 @@ def _model_spec(source: Source, rm: RecipeModel) -> ModelSpec:
                      categories=categories, kwargs=dict(m.kwargs))
 
 
-def _model_info(source: Source, registry: Registry, spec: ModelSpec) -> tuple[ModelDef, ModelInfo]:
-    where = source.where(("model", "name"), key="model.name")
+def _model_info(source: Source, registry: Registry, spec: ModelSpec,
+                where: Location | None = None, prefix: str = "") -> tuple[ModelDef, ModelInfo]:
+    """The model's plugin definition and preprocessing; a problem is one line at ``where`` (the
+    model's name by default), each message after ``prefix`` (a member's: ``model.ensemble: ``)."""
+    where = where or source.where(("model", "name"), key="model.name")
     try:
         model_def = registry.model(spec.name)
     except KeyError as exc:
         if spec.name.startswith("python:"):  # a run.json of a run made with a model lent from Python
             raise RecipeError(f"model '{spec.name}' was an nn.Module passed from Python: replay the run from "
                               "Python with pipeline_core.run(RUN_JSON, model=module), or give --model", where) from None
-        raise RecipeError(f"{exc.args[0]} (see 'pipeline models')", where) from None
+        raise RecipeError(f"{prefix}{exc.args[0]} (see 'pipeline models')", where) from None
     try:
         info = model_def.describe(spec)
     except ModelLoadError as exc:
-        raise RecipeError(exc.message, where) from None
+        raise RecipeError(prefix + exc.message, where) from None
     except Exception as exc:  # noqa: BLE001 - a plugin's metadata failed
-        raise RecipeError(f"model '{spec.name}' could not describe itself: {exc}", where) from None
+        raise RecipeError(f"{prefix}model '{spec.name}' could not describe itself: {exc}", where) from None
     if spec.weights is not None and spec.categories is None and len(info.categories) == 0:
-        raise RecipeError("give model.categories for a local model", where)
+        raise RecipeError(f"{prefix}give {'categories=' if prefix else 'model.categories'} for a local model", where)
     return model_def, info
 
 
@@ -274,17 +277,9 @@ def _ensemble(source: Source, registry: Registry, rm: RecipeModel,
         where = source.where(path, key="model.ensemble")
         try:
             member = parse_model_arg(text, _base_for(source, ("model", "ensemble")), RUN_KEYS)
-            model_def = registry.model(member.name)
-            member_info = model_def.describe(member.spec())
         except RecipeError as exc:
             raise RecipeError(exc.message.replace("--model ", "model.ensemble: ", 1), where) from None
-        except KeyError as exc:
-            raise RecipeError(f"model.ensemble: {exc.args[0]} (see 'pipeline models')", where) from None
-        except ModelLoadError as exc:
-            raise RecipeError(f"model.ensemble: {exc.message}", where) from None
-        except Exception as exc:  # noqa: BLE001 - a plugin's metadata failed
-            raise RecipeError(f"model.ensemble: model '{member.name}' could not describe itself: {exc}",
-                              where) from None
+        model_def, member_info = _model_info(source, registry, member.spec(), where, prefix="model.ensemble: ")
         if len(member_info.categories) != len(info.categories):
             raise RecipeError(f"model.ensemble: '{text}' has {len(member_info.categories)} classes and the model "
                               f"{len(info.categories)}; an ensemble averages logits of the same classes", where)

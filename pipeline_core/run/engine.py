@@ -23,7 +23,7 @@ import torch
 
 from pipeline_core.context import RunContext
 from pipeline_core.errors import ModelLoadError, PipelineError, RecipeError, RunFailed
-from pipeline_core.model import ModelAdapter, _unknown_layer
+from pipeline_core.model import ModelAdapter, ModelDef, ModelSpec, _unknown_layer
 from pipeline_core.output.pump import FramePump
 from pipeline_core.parameterization import PixelImage
 from pipeline_core.recipe.loader import Recipe, load_recipe
@@ -91,15 +91,11 @@ def step_facts(steps: list[Step]) -> dict[str, dict[str, Any]]:
 def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelAdapter:
     perf = recipe.model.performance
     try:
-        module = recipe.model_def.build(recipe.model_spec)
+        module = _build(recipe.model_def, recipe.model_spec)
     except ModelLoadError as exc:
         if recipe.download is not None:  # the weights had to be downloaded, and that failed: the run failed
             raise RunFailed(exc.message, exc.location) from None
         raise
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
-        raise ModelLoadError(f"could not build model '{recipe.model_spec.name}': {exc}") from exc
     if recipe.ensemble:
         module = _with_ensemble(recipe, module)
     _check_layers(recipe, module)
@@ -108,20 +104,27 @@ def build_model(recipe: Recipe, device: torch.device, heads: set[str]) -> ModelA
                         max_rows=perf.max_rows if isinstance(perf.max_rows, int) else None)
 
 
+def _build(model_def: ModelDef, spec: ModelSpec) -> torch.nn.Module:
+    """``model_def.build(spec)``, a builder's own failure made one line (a ModelLoadError)."""
+    try:
+        return model_def.build(spec)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
+        raise ModelLoadError(f"could not build model '{spec.name}': {exc}") from exc
+
+
 def _with_ensemble(recipe: Recipe, module: torch.nn.Module) -> torch.nn.Module:
     """The main module with the recipe's ``model.ensemble`` members (see :mod:`run.ensemble`)."""
     from pipeline_core.run.ensemble import Ensemble
 
     members = []
     for i, (model_def, spec, info) in enumerate(recipe.ensemble):
-        which = f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}'"
         try:
-            members.append((model_def.build(spec).eval().requires_grad_(False), info))
+            members.append((_build(model_def, spec).eval().requires_grad_(False), info))
         except PipelineError as exc:  # its wording names model.* keys: say which model it is about
-            raise ModelLoadError(f"{which}: {exc.message}", recipe.source.where(("model", "ensemble", i))) from None
-        except Exception as exc:  # noqa: BLE001 - a plugin's or torchvision's builder failed
-            raise ModelLoadError(f"{which}: could not build the model: {exc}",
-                                 recipe.source.where(("model", "ensemble", i))) from exc
+            raise ModelLoadError(f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}': {exc.message}",
+                                 recipe.source.where(("model", "ensemble", i))) from None
     if "ensemble" in dict(module.named_children()):
         raise ModelLoadError(f"model '{recipe.model_spec.name}' has a layer named 'ensemble', the name "
                              "model.ensemble gives its members; drop model.ensemble for this model")

@@ -12,8 +12,7 @@ buffers under the same names, so ``layer:features.3`` still names the main model
 one more child, ``ensemble``, holding the members (``layer:ensemble.0.features.3`` names a
 member's). Steps that walk the model's modules (``bn-statistics``, ``skip-gradient``) therefore
 reach the members too. Each member sees the main model's view undone to [0, 1], resized to its
-own input size and normalised its own way (the main model's view is undone to [0, 1] and resized,
-antialiased when it shrinks).
+own input size (antialiased when it shrinks) and normalised its own way.
 
 The run's probabilities (the final top five, report.html) are the ensemble's: the model that
 made the picture is the ensemble.

@@ -69,10 +69,18 @@ class Backdrop(Step):
     kind = StepKind.OBJECTIVE
     Params = BackdropParams
 
+    def _weights(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surround's weights for ``image``'s size, device and dtype, and their sum: made on the
+        first iteration and kept (the loop calls ``loss`` every iteration)."""
+        key = (tuple(image.shape[-2:]), image.device, image.dtype)
+        if getattr(self, "_cached", (None,))[0] != key:
+            w = surround_weight(*key[0], *self.params.radius, device=image.device, dtype=image.dtype)
+            self._cached = (key, w, w.sum().clamp_min(1e-8))
+        return self._cached[1], self._cached[2]
+
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         p = self.params
-        w = surround_weight(*image.shape[-2:], *p.radius, device=image.device, dtype=image.dtype)
-        total = w.sum().clamp_min(1e-8)
+        w, total = self._weights(image)
         if p.colour == "mean":
             plain = ((image * w).sum((-2, -1)) / total).detach()[..., None, None]
         else:
