@@ -159,3 +159,35 @@ def test_a_member_that_cannot_be_built_is_named_in_one_line(cli, tmp_path, mobil
     assert done.returncode != 0 and "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert "model.ensemble[0] 'mobilenet_v2,weights=" in line and f"{recipe}:9:" in line, line
+
+
+@pytest.mark.slow
+def test_a_member_that_must_download_is_announced_and_its_failure_is_the_runs(cli, tmp_path, mobilenet_path):
+    from test_cli_run import offline_env
+
+    recipe = _recipe(tmp_path, ["resnet18"], mobilenet_path, 1)  # torchvision's weights, not cached here
+    env = offline_env(tmp_path)
+    checked = cli("validate", str(recipe), env=env)
+    assert checked.returncode == 0, checked.stderr
+    (line,) = checked.stdout.strip().splitlines()
+    assert "model.ensemble[0] (resnet18) downloads its weights" in line and str(tmp_path / "hub") in line, line
+    assert "downloads the weights of mobilenet_v2" not in line  # the main model's are local
+    done = cli("run", str(recipe), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1", env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr  # the run failed (1), not the recipe (2)
+    last = done.stderr.strip().splitlines()[-1]
+    assert "model.ensemble[0] 'resnet18'" in last and "record:" in last, last  # a failed run, with its record
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_members_path_with_a_comma_is_quoted_in_the_record_and_read_back(tmp_path, mobilenet_path, registry):
+    from pipeline_core.recipe.loader import load_recipe
+    from pipeline_core.recipe.model_arg import parse_model_arg
+
+    (tmp_path / "w").mkdir()
+    odd = tmp_path / "w" / "copy, 2.pth"
+    odd.symlink_to(mobilenet_path)
+    recipe = load_recipe(_recipe(tmp_path, ['mobilenet_v2,weights="w/copy, 2.pth",mean=0.5,std=0.5,size=224'],
+                                 mobilenet_path), registry)
+    written = recipe.model.model.ensemble[0]
+    assert f'weights="{odd}"' in written  # absolute, and in quotes for the comma
+    assert parse_model_arg(written).weights == odd

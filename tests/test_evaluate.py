@@ -157,6 +157,22 @@ def test_model_argument_syntax(tmp_path):
     assert parse_model_arg("efficientnet-lite0").label == "efficientnet-lite0"
 
 
+def test_a_path_with_commas_or_brackets_is_written_in_quotes_and_read_back(tmp_path):
+    from pipeline_core.recipe.model_arg import quoted_path
+
+    odd = tmp_path / "run 3, final [best].pth"
+    odd.write_bytes(b"x")
+    for text in (f'mobilenet_v2,weights="{odd}",mean=0.5', f"mobilenet_v2,weights='{odd}',mean=0.5",
+                 f"mobilenet_v2,weights={quoted_path(odd)},mean=0.5"):
+        m = parse_model_arg(text)
+        assert m.weights == odd and m.mean == (0.5, 0.5, 0.5), text
+    plain = tmp_path / "w.pth"
+    assert quoted_path(plain) == str(plain)  # an ordinary path stays as it is
+    assert parse_model_arg('x,label="a, b"').label == "a, b"
+    with pytest.raises(RecipeError, match="a path with a comma goes in quotes"):  # unquoted, it still splits
+        parse_model_arg(f"mobilenet_v2,weights={odd}")
+
+
 @pytest.mark.parametrize("text,message", [
     ("mobilenet_v2,weights=/no/such/file.pth", "no weights file"),
     ("mobilenet_v2,colour=red", "not KEY=VALUE"),

@@ -141,11 +141,18 @@ def _summary(result, quiet: bool) -> None:
 
 
 def _download_note(recipe) -> str:
-    if recipe.download is None:
-        return ""
-    url, file = recipe.download
-    return (f"; its first run downloads the weights of {recipe.model_spec.name} ({url}) into {file.parent} "
-            "(or set model.weights to a local file)")
+    """What the first run will download: the main model's weights, then any ensemble member's."""
+    notes = []
+    if recipe.download is not None:
+        url, file = recipe.download
+        notes.append(f"; its first run downloads the weights of {recipe.model_spec.name} ({url}) into {file.parent} "
+                     "(or set model.weights to a local file)")
+    for i, found in enumerate(recipe.ensemble_downloads):
+        if found is not None:
+            url, file = found
+            notes.append(f"; model.ensemble[{i}] ({recipe.ensemble[i][1].name}) downloads its weights ({url}) into "
+                         f"{file.parent} (or give it weights=FILE)")
+    return "".join(notes)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -61,6 +61,8 @@ class Recipe:
     model_note: dict[str, Any] | None = None
     #: model.ensemble: each member's plugin definition, spec and preprocessing, checked
     ensemble: list[tuple[ModelDef, ModelSpec, ModelInfo]] = field(default_factory=list)
+    #: per member of model.ensemble, as ``download``: (url, file) of weights its first run downloads
+    ensemble_downloads: list[tuple[str, Path] | None] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -290,9 +292,11 @@ def _ensemble(source: Source, registry: Registry, rm: RecipeModel,
 
 def _member_text(member: Any) -> str:
     """A member as ``--model`` reads it, every path absolute and every list in YAML's flow style."""
+    from pipeline_core.recipe.model_arg import quoted_path
+
     parts = [member.name]
     if member.weights is not None:
-        parts.append(f"weights={member.weights}")
+        parts.append(f"weights={quoted_path(member.weights)}")
     for key in ("mean", "std"):
         value = getattr(member, key)
         if value is not None:
@@ -422,7 +426,8 @@ def validate(source: Source, registry: Registry) -> Recipe:
     _check_writers(source, registry, rm)
     download = pending_download(registry, model_def, spec)
     ensemble = _ensemble(source, registry, rm, info)
-    return Recipe(source, rm, model_def, spec, info, plan, specs, bound, download, ensemble=ensemble)
+    return Recipe(source, rm, model_def, spec, info, plan, specs, bound, download, ensemble=ensemble,
+                  ensemble_downloads=[pending_download(registry, d, s) for d, s, _ in ensemble])
 
 
 def _given(source: Source, message: str, loc: Location, *causes: PathKey) -> str:

@@ -61,20 +61,35 @@ class EvalModel:
 
 
 def _split_top(text: str) -> list[str]:
-    """Split on commas that are not inside brackets: ``a,mean=[1,2,3],b`` -> 3 parts."""
-    parts, depth, current = [], 0, []
+    """Split on commas outside brackets and quotes: ``a,mean=[1,2,3],weights="x,y.pth"`` -> 3 parts."""
+    parts, depth, current, quote = [], 0, [], ""
     for ch in text:
-        if ch in "[(":
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[(":
             depth += 1
         elif ch in "])":
             depth -= 1
-        if ch == "," and depth == 0:
+        if ch == "," and depth == 0 and not quote:
             parts.append("".join(current))
             current = []
         else:
             current.append(ch)
     parts.append("".join(current))
     return [p.strip() for p in parts if p.strip()]
+
+
+def unquoted(raw: str) -> str:
+    """A path or label as written, without the quotes that let it hold a comma or a bracket."""
+    return raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'" else raw
+
+
+def quoted_path(path: Path | str) -> str:
+    """``path`` as ``--model`` reads it back: in double quotes when it holds a comma, bracket or quote."""
+    text = str(path)
+    return json.dumps(text) if any(ch in text for ch in ",[]()\"'") else text
 
 
 def _number(value: Any) -> Any:
@@ -125,6 +140,8 @@ def parse_model_arg(text: str, base: Path | None = None, keys: Sequence[str] = _
         if key in given:
             raise RecipeError(f"--model {text}: {key} is given twice; keep one")
         raw = raw.strip()
+        if key in ("weights", "label"):
+            raw = unquoted(raw)
         try:
             value = yaml.safe_load(raw) if key not in ("weights", "label") else raw
         except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
@@ -138,7 +155,9 @@ def parse_model_arg(text: str, base: Path | None = None, keys: Sequence[str] = _
             if kind:  # a FIFO would make the weights' reader wait for ever
                 raise RecipeError(f"--model {text}: the weights {model.weights} are {kind}, not a regular file")
             if not model.weights.is_file():
-                raise RecipeError(f"--model {text}: no weights file at {model.weights}")
+                split = any("=" not in p for p in parts[1:])  # a path cut at a comma: the rest is no KEY=VALUE
+                raise RecipeError(f"--model {text}: no weights file at {model.weights}"
+                                  + ("; a path with a comma goes in quotes: weights=\"PATH\"" if split else ""))
             given[key] = str(model.weights)
         elif key in ("mean", "std"):
             given[key] = _triple(key, value, text)

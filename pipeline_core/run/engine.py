@@ -123,8 +123,11 @@ def _with_ensemble(recipe: Recipe, module: torch.nn.Module) -> torch.nn.Module:
         try:
             members.append((_build(model_def, spec).eval().requires_grad_(False), info))
         except PipelineError as exc:  # its wording names model.* keys: say which model it is about
-            raise ModelLoadError(f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}': {exc.message}",
-                                 recipe.source.where(("model", "ensemble", i))) from None
+            message = f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}': {exc.message}"
+            where = recipe.source.where(("model", "ensemble", i))
+            if i < len(recipe.ensemble_downloads) and recipe.ensemble_downloads[i] is not None:
+                raise RunFailed(message, where) from None  # its weights had to be downloaded: the run failed
+            raise ModelLoadError(message, where) from None
     if "ensemble" in dict(module.named_children()):
         raise ModelLoadError(f"model '{recipe.model_spec.name}' has a layer named 'ensemble', the name "
                              "model.ensemble gives its members; drop model.ensemble for this model")
