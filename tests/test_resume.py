@@ -148,7 +148,7 @@ def _recipe(step: dict | None = None, iterations: int = 8, **changes) -> dict:
         recipe["steps"].insert(1, step)
     elif kind in ("gradient-step", "sign-step", "adam", "nadam"):
         recipe["steps"][-1] = step
-    elif kind in ("L1-loss", "cross-entropy", "target-blend"):
+    elif kind in ("L1-loss", "cross-entropy", "target-blend", "class-map"):
         recipe["steps"][1] = step
     else:
         recipe["steps"].insert(1, step)
@@ -168,6 +168,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "L1-loss": {"step": "L1-loss", "target": [3, 8], "lambda": 0.01},
     "cross-entropy": {"step": "cross-entropy", "target": [2, 5]},
     "target-blend": {"step": "target-blend", "start": 1, "end": [2, 6]},
+    "class-map": {"step": "class-map", "target": [3, 8], "sigma": 0.3},
     "gradient-step": {"step": "gradient-step", "lr": 0.02, "normalize": "std"},
     "sign-step": {"step": "sign-step", "epsilon": 0.01},
     "adam": {"step": "adam", "lr": 0.03},
