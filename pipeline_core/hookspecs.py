@@ -82,7 +82,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "pipeline_core.schedule": ("Schedule",),
     "pipeline_core.model": ("LAYER_PREFIX", "HeadDef", "ModelInfo", "ModelSpec", "ModelDef", "ModelOutput",
                             "ModelAdapter", "layer_head", "layer_paths"),
-    "pipeline_core.objectives": ("ClassRef", "Targets", "ClassParams", "ClassObjective", "resolve_classes",
+    "pipeline_core.objectives": ("ClassRef", "Targets", "TargetParams", "ClassParams", "ClassObjective", "resolve_classes",
                                  "list_len", "l1_image", "Indices", "index_list", "LayerParams", "LayerObjective"),
     "pipeline_core.parameterization": ("Parameterization", "PixelImage", "FourierImage", "colour_mixing_matrix",
                                        "spectrum_scale", "IMAGENET_RGB_EIGENVALUES", "IMAGENET_RGB_EIGENVECTORS"),

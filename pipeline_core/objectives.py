@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made, so the host lists
 __all__ = [
     "ClassRef",
     "Targets",
+    "TargetParams",
     "ClassParams",
     "ClassObjective",
     "resolve_classes",
@@ -49,8 +50,13 @@ ClassRef = Union[StrictInt, str]  # strict: 'target: true' must not mean class 1
 Targets = Union[ClassRef, list[ClassRef]]
 
 
-class ClassParams(StepParams):
+class TargetParams(StepParams):
+    """The ``target`` key alone: for a class objective that reads no head by name (``class-map``)."""
+
     target: Targets = Field(..., description="Class name or index, or a list (one per image, repeated to fill the batch).")
+
+
+class ClassParams(TargetParams):
     head: str = Field("logits", description="Model output to read: logits, or a head such as 'aux' (InceptionV3).")
 
 

@@ -27,6 +27,7 @@ from .objective import (
     l1_loss,
     layer,
     neuron,
+    shape_contrast,
     target_blend,
     tone,
 )
@@ -69,6 +70,7 @@ BUILTIN_PLUGINS = [
     l1_loss,
     cross_entropy,
     class_map,
+    shape_contrast,
     target_blend,
     channel,
     neuron,

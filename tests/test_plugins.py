@@ -252,7 +252,7 @@ def test_check_step_catches_a_step_that_ignores_its_schedule(isolated_registry):
 BUILTIN_PARAMS = {
     "init-image": {"images": [str(RECIPES / "images" / "flower.jpg")], "size": 32},
     "L1-loss": {"target": 1}, "cross-entropy": {"target": "class 2"}, "target-blend": {"start": 1, "end": 2},
-    "class-map": {"target": [1, 2]},
+    "class-map": {"target": [1, 2]}, "shape-contrast": {"target": [1, 2], "grid": 2},
     "gradient-step": {"lr": 0.1}, "interpolate": {"sizes": [32, 24]},
     "channel": {"layer": "features.3", "channel": [1, 2]}, "neuron": {"layer": "features.3", "channel": 1},
     "direction": {"layer": "features.2", "direction": [1, 0, 0, 0, 0, 0, 0, 1]}, "layer": {"layer": "features.4"},

@@ -169,6 +169,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "cross-entropy": {"step": "cross-entropy", "target": [2, 5]},
     "target-blend": {"step": "target-blend", "start": 1, "end": [2, 6]},
     "class-map": {"step": "class-map", "target": [3, 8], "sigma": 0.3},
+    "shape-contrast": {"step": "shape-contrast", "target": [3, 8], "grid": 2, "weight": 0.3},
     "gradient-step": {"step": "gradient-step", "lr": 0.02, "normalize": "std"},
     "sign-step": {"step": "sign-step", "epsilon": 0.01},
     "adam": {"step": "adam", "lr": 0.03},

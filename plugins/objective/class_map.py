@@ -29,15 +29,12 @@ from pydantic import Field
 
 from pipeline_core.errors import Location, RecipeError
 from pipeline_core.hookspecs import hookimpl
-from pipeline_core.objectives import ClassObjective, Targets
-from pipeline_core.step import StepParams
+from pipeline_core.objectives import ClassObjective, TargetParams
 
 from ..lazy_imports import F, nn, torch
 
 
-class ClassMapParams(StepParams):
-    target: Targets = Field(..., description="Class name or index, or a list (one per image, repeated to fill the "
-                                             "batch).")
+class ClassMapParams(TargetParams):
     sigma: float | None = Field(0.2, gt=0, description="Width of the Gaussian weight over the feature map's grid, "
                                                        "as a fraction of its side (null: every position alike, "
                                                        "which is the logit).")
