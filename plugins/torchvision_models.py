@@ -18,7 +18,7 @@ import importlib.metadata
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlparse
 
 from pipeline_core.errors import ModelLoadError
@@ -149,6 +149,35 @@ def _local_kwargs(name: str, spec: ModelSpec) -> dict:
     return kwargs
 
 
+#: where training code keeps the weights in a checkpoint: {"state_dict": ...} or {"model": ...}
+_WRAPPERS = ("state_dict", "model")
+
+
+def classifier_state(state: Any, expected: Iterable[str]) -> Any:
+    """The classifier's own state dict inside a checkpoint saved by training code.
+
+    A checkpoint may wrap the weights (``{"state_dict": ...}``, ``{"model": ..., "epoch": ...}``)
+    and prefix their keys: ``module.`` (DataParallel), ``_orig_mod.`` (torch.compile), or
+    ``module.model.`` of the robustness library's robust ImageNet models, whose file also holds
+    an attacker's copy (``module.attacker.model.``) and a normaliser. The prefix is the shortest
+    under which the keys cover every key the architecture has; keys outside it are left out.
+    Anything that does not fit is returned as it is, for ``load_state_dict`` to report."""
+    for _ in range(2):  # {"model": {"state_dict": ...}} at most
+        if isinstance(state, dict):
+            inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+            if inner is not None and not any(isinstance(v, torch.Tensor) for k, v in state.items() if k in _WRAPPERS):
+                state = inner
+    expected = list(expected)
+    if not isinstance(state, dict) or not expected or all(k in state for k in expected):
+        return state
+    probe = expected[0]
+    prefixes = sorted({k[:-len(probe)] for k in state if isinstance(k, str) and k.endswith("." + probe)}, key=len)
+    for prefix in prefixes:
+        if all(prefix + k in state for k in expected):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
 def build(name: str, spec: ModelSpec) -> nn.Module:
     from torchvision.models import get_model, get_model_weights
 
@@ -167,9 +196,8 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
             else:
                 why = (text.strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ModelLoadError(f"model.weights: {spec.weights} is not a PyTorch state dict ({why})") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
         model = get_model(name, weights=None, **_local_kwargs(name, spec))
+        state = classifier_state(state, model.state_dict().keys())
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -93,3 +93,42 @@ def test_real_mobilenet_recognises_a_photo(mobilenet_path, registry):
     adapter = ModelAdapter(model_def.build(spec), model_def.describe(spec))
     probs = adapter(load("sunflower.png")).logits.softmax(1)
     assert adapter.categories[int(probs.argmax())] == "daisy"  # as ../shared/models/README.md says
+
+
+@pytest.mark.parametrize("layout", ["plain", "state_dict", "dataparallel", "compiled", "robustness"])
+def test_checkpoints_saved_by_training_code_load(tmp_path, registry, layout):
+    """A wrapper ({"state_dict": ...}, {"model": ..., "epoch": ...}) and key prefixes as training code
+    saves them: DataParallel's module., torch.compile's _orig_mod., and the robustness library's
+    robust ImageNet models (module.model. beside an attacker's copy and a normaliser)."""
+    net = torchvision.models.resnet18(num_classes=5)
+    own = net.state_dict()
+    if layout == "plain":
+        saved = own
+    elif layout == "state_dict":
+        saved = {"state_dict": own, "epoch": 3}
+    elif layout == "dataparallel":
+        saved = {f"module.{k}": v for k, v in own.items()}
+    elif layout == "compiled":
+        saved = {"model": {f"_orig_mod.{k}": v for k, v in own.items()}}
+    else:
+        other = {k: torch.zeros_like(v) for k, v in own.items()}  # the attacker's copy must not be the one read
+        saved = {"model": {"module.normalizer.new_mean": torch.zeros(3, 1, 1),
+                           "module.normalizer.new_std": torch.ones(3, 1, 1),
+                           **{f"module.attacker.model.{k}": v for k, v in other.items()},
+                           **{f"module.model.{k}": v for k, v in own.items()}},
+                 "epoch": 90, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}
+    path = tmp_path / "ckpt.pt"
+    torch.save(saved, path)
+    spec = ModelSpec(name="resnet18", weights=path, categories=[str(i) for i in range(5)])
+    built = registry.model("resnet18").build(spec)
+    for key, value in own.items():
+        assert torch.equal(built.state_dict()[key], value), key
+
+
+def test_a_checkpoint_of_another_architecture_is_still_refused(tmp_path, registry):
+    saved = {"model": {f"module.model.{k}": v for k, v in torchvision.models.resnet18(num_classes=5).state_dict().items()}}
+    path = tmp_path / "ckpt.pt"
+    torch.save(saved, path)
+    with pytest.raises(ModelLoadError, match="does not fit torchvision's mobilenet_v2"):
+        registry.model("mobilenet_v2").build(ModelSpec(name="mobilenet_v2", weights=path,
+                                                       categories=[str(i) for i in range(5)]))
