@@ -13,6 +13,7 @@ read from torchvision itself (:func:`live_table`), as the copy was made.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.metadata
 import os
@@ -167,7 +168,7 @@ def classifier_state(state: Any, expected: Iterable[str]) -> Any:
             inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
             if inner is not None and not any(isinstance(v, torch.Tensor) for k, v in state.items() if k in _WRAPPERS):
                 state = inner
-    expected = list(expected)
+    expected = [k for k in expected if not k.endswith("num_batches_tracked")]  # older files lack these counters
     if not isinstance(state, dict) or not expected or all(k in state for k in expected):
         return state
     probe = expected[0]
@@ -183,7 +184,8 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
 
     if spec.weights is not None:
         try:
-            state = torch.load(spec.weights, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):  # torchvision's train.py saves its args
+                state = torch.load(spec.weights, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise ModelLoadError(f"model.weights: no file at {spec.weights}") from None
         except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
@@ -201,7 +203,8 @@ def build(name: str, spec: ModelSpec) -> nn.Module:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = " ".join(lines[:2])[:240]  # "Error(s) in loading ...:" says nothing alone
             raise ModelLoadError(
                 f"model.weights: {spec.weights} does not fit torchvision's {name} ({first}); "
                 "check model.name, and model.categories for the number of classes"

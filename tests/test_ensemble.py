@@ -176,6 +176,7 @@ def test_a_member_that_must_download_is_announced_and_its_failure_is_the_runs(cl
     assert done.returncode == 1 and "Traceback" not in done.stderr  # the run failed (1), not the recipe (2)
     last = done.stderr.strip().splitlines()[-1]
     assert "model.ensemble[0] 'resnet18'" in last and "record:" in last, last  # a failed run, with its record
+    assert "give the member weights=FILE" in last and "model.weights" not in last, last  # the member's own fix
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
@@ -191,3 +192,13 @@ def test_a_members_path_with_a_comma_is_quoted_in_the_record_and_read_back(tmp_p
     written = recipe.model.model.ensemble[0]
     assert f'weights="{odd}"' in written  # absolute, and in quotes for the comma
     assert parse_model_arg(written).weights == odd
+
+
+def test_class_map_with_members_is_refused_in_one_line(cli, tmp_path, mobilenet_path):
+    text = _recipe(tmp_path, [f"mobilenet_v2,weights={mobilenet_path},mean=0.5,std=0.5,size=224"], mobilenet_path,
+                   1).read_text()
+    (tmp_path / "cm.yaml").write_text(text.replace("  - step: L1-loss\n    target: castle\n    C: 10000\n    lambda: 0\n",
+                                                   "  - step: class-map\n    target: castle\n"))
+    done = cli("run", str(tmp_path / "cm.yaml"), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "class-map reads the main model's classifier only" in done.stderr.strip().splitlines()[-1]

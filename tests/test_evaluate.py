@@ -169,6 +169,14 @@ def test_a_path_with_commas_or_brackets_is_written_in_quotes_and_read_back(tmp_p
     plain = tmp_path / "w.pth"
     assert quoted_path(plain) == str(plain)  # an ordinary path stays as it is
     assert parse_model_arg('x,label="a, b"').label == "a, b"
+    apostrophe = tmp_path / "O'Brien's" / "w.pth"  # a quote inside a path is an ordinary character
+    apostrophe.parent.mkdir()
+    apostrophe.write_bytes(b"x")
+    assert parse_model_arg(f"mobilenet_v2,weights={apostrophe},mean=0.5").weights == apostrophe
+    accented = tmp_path / 'modèles, "v2"' / "w.pth"  # nothing is escaped: every character comes back
+    accented.parent.mkdir()
+    accented.write_bytes(b"x")
+    assert parse_model_arg(f"mobilenet_v2,weights={quoted_path(accented)},size=224").weights == accented
     with pytest.raises(RecipeError, match="a path with a comma goes in quotes"):  # unquoted, it still splits
         parse_model_arg(f"mobilenet_v2,weights={odd}")
 

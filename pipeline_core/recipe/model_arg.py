@@ -61,12 +61,17 @@ class EvalModel:
 
 
 def _split_top(text: str) -> list[str]:
-    """Split on commas outside brackets and quotes: ``a,mean=[1,2,3],weights="x,y.pth"`` -> 3 parts."""
+    """Split on commas outside brackets and quotes: ``a,mean=[1,2,3],weights="x,y.pth"`` -> 3 parts.
+
+    A quote counts only where it opens a value (right after ``=``) and closes it (right before
+    a comma or the end), so an apostrophe inside a path (``O'Brien/w.pth``) is an ordinary
+    character."""
     parts, depth, current, quote = [], 0, [], ""
-    for ch in text:
+    for i, ch in enumerate(text):
         if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
+            if ch == quote and (i + 1 == len(text) or text[i + 1] == ","):
+                quote = ""
+        elif ch in "\"'" and i > 0 and text[i - 1] == "=":
             quote = ch
         elif ch in "[(":
             depth += 1
@@ -87,9 +92,12 @@ def unquoted(raw: str) -> str:
 
 
 def quoted_path(path: Path | str) -> str:
-    """``path`` as ``--model`` reads it back: in double quotes when it holds a comma, bracket or quote."""
+    """``path`` as ``--model`` reads it back: in quotes (double, or single when it holds a double
+    quote) when it holds a comma or a bracket; nothing is escaped, so any character survives."""
     text = str(path)
-    return json.dumps(text) if any(ch in text for ch in ",[]()\"'") else text
+    if not any(ch in text for ch in ",[]()"):
+        return text
+    return f"'{text}'" if '"' in text else f'"{text}"'
 
 
 def _number(value: Any) -> Any:

@@ -123,7 +123,9 @@ def _with_ensemble(recipe: Recipe, module: torch.nn.Module) -> torch.nn.Module:
         try:
             members.append((_build(model_def, spec).eval().requires_grad_(False), info))
         except PipelineError as exc:  # its wording names model.* keys: say which model it is about
-            message = f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}': {exc.message}"
+            fix = exc.message.replace("(with model.mean, model.std and model.size)", "(with mean=, std= and size=)")
+            fix = fix.replace("set model.weights to a local state-dict file", "give the member weights=FILE")
+            message = f"model.ensemble[{i}] '{recipe.model.model.ensemble[i]}': {fix}"
             where = recipe.source.where(("model", "ensemble", i))
             if i < len(recipe.ensemble_downloads) and recipe.ensemble_downloads[i] is not None:
                 raise RunFailed(message, where) from None  # its weights had to be downloaded: the run failed

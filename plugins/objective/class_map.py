@@ -18,7 +18,8 @@ The linear layer is the model's last ``nn.Linear`` with one output per class, an
 map is the last module output, in the order the forward pass produces them, with that layer's
 number of input channels (``classifier`` and ``layer`` name them where the guess is wrong; the
 step says which it took in run.json). It fits the usual CNN classifiers (torchvision's ResNet,
-MobileNet, EfficientNet, Inception; timm's), not a model whose head is no single linear layer.
+MobileNetV2, EfficientNet, Inception; timm's), not a model whose head is no single linear layer
+(MobileNetV3, ConvNeXt, VGG are refused in one line), and not with ``model.ensemble``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,8 @@ class ClassMapParams(TargetParams):
 
 
 def find_classifier(module: nn.Module, classes: int) -> str | None:
-    """Path of the last ``nn.Linear`` with ``classes`` outputs (the main model's, not an ensemble member's)."""
-    members = isinstance(getattr(module, "ensemble", None), nn.ModuleList)
-    found = [name for name, m in module.named_modules() if isinstance(m, nn.Linear) and m.out_features == classes
-             and not (members and name.startswith("ensemble."))]
+    """Path of the last ``nn.Linear`` with ``classes`` outputs."""
+    found = [name for name, m in module.named_modules() if isinstance(m, nn.Linear) and m.out_features == classes]
     return found[-1] if found else None
 
 
@@ -111,6 +110,9 @@ class ClassMap(ClassObjective):
         module = ctx.model.module
         where = Location(step_index=self.index, step_name=self.name)
         n = len(ctx.model.categories)
+        if isinstance(getattr(module, "ensemble", None), nn.ModuleList):
+            raise RecipeError("class-map reads the main model's classifier only, so model.ensemble's members would "
+                              "cost their passes and add nothing; use L1-loss with model.ensemble", where)
         path = self.params.classifier or find_classifier(module, n)
         if path is None:
             raise RecipeError(f"the model has no nn.Linear with {n} outputs (one per class); name its classifier "

@@ -11,8 +11,11 @@ share (texture) counts ``1 - weight`` and what only the arranged image has (shap
 counts in full.
 
 Each iteration every image gets its own shuffle, from the step's seeded generator, of a grid
-shifted by a random offset (so the tile borders move). It costs one more forward and backward
-pass of the model on the batch.
+shifted by a random offset (so the tile borders move). The copy is made from the image itself,
+not from the view the other objectives see: the recipe's view steps (jitter, rotation, crops)
+do not reach it, so the texture the two terms share cancels only roughly. It costs one more
+forward and backward pass of the model on the batch. It lowers a logit and aims at nothing, so
+the run's targets (the video's labels, run.json) stay the class objective's.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class ShapeContrast(ClassObjective):
     def loss(self, ctx, out, image: torch.Tensor) -> torch.Tensor:
         logits = ctx.model(self.shuffled(ctx, image).float()).logits  # the model takes float32, as the view
         return self.params.weight * self.picked(logits).to(image.dtype)
+
+    def targets(self) -> None:
+        return None  # it lowers the targets' logits on a copy: the run's aims are the class objective's
 
     def record(self) -> dict[str, Any]:
         return {"grid": self.params.grid, "weight": self.params.weight}
