@@ -31,7 +31,7 @@ from .objective import (
     target_blend,
     tone,
 )
-from .param import fourier_image, phase_image
+from .param import deep_prior, fourier_image, phase_image
 from .transform import (
     blur,
     color_jitter,
@@ -56,6 +56,7 @@ BUILTIN_PLUGINS = [
     init_image,
     fourier_image,
     phase_image,
+    deep_prior,
     blur,
     interpolate,
     color_jitter,

@@ -257,7 +257,7 @@ BUILTIN_PARAMS = {
     "channel": {"layer": "features.3", "channel": [1, 2]}, "neuron": {"layer": "features.3", "channel": 1},
     "direction": {"layer": "features.2", "direction": [1, 0, 0, 0, 0, 0, 0, 1]}, "layer": {"layer": "features.4"},
     "channel-interpolate": {"layer": "features.3", "start": 0, "end": 5}, "diversity": {"layer": "features.3"},
-    "skip-gradient": {"layers": ["features.3"]},
+    "skip-gradient": {"layers": ["features.3"]}, "deep-prior": {"width": 8, "depth": 2},
 }
 
 

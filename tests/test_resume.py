@@ -129,7 +129,7 @@ def pngs(run_dir: Path) -> dict[str, bytes]:
 def with_signal(recipe: dict, at: int) -> dict:
     recipe = copy.deepcopy(recipe)
     first_loop = next(i for i, s in enumerate(recipe["steps"]) if s["step"] not in ("init-noise", "init-image",
-                                                                                    "fourier-image", "phase-image"))
+                                                                                    "fourier-image", "phase-image", "deep-prior"))
     recipe["steps"].insert(first_loop, {"step": "test-self-signal", "at": at, "on": "view"})
     return recipe
 
@@ -144,7 +144,7 @@ def _recipe(step: dict | None = None, iterations: int = 8, **changes) -> dict:
     kind = step["step"]
     if kind in ("init-noise", "init-image"):
         recipe["steps"][0] = step
-    elif kind in ("fourier-image", "phase-image"):
+    elif kind in ("fourier-image", "phase-image", "deep-prior"):
         recipe["steps"].insert(1, step)
     elif kind in ("gradient-step", "sign-step", "adam", "nadam"):
         recipe["steps"][-1] = step
@@ -175,6 +175,7 @@ STEP_EXAMPLES: dict[str, dict] = {
     "adam": {"step": "adam", "lr": 0.03},
     "fourier-image": {"step": "fourier-image", "noise": 0.1},
     "phase-image": {"step": "phase-image", "noise": 0.1},
+    "deep-prior": {"step": "deep-prior", "width": 8, "depth": 2},
     "crops": {"step": "crops", "views": 2, "size": 24},
     "nadam": {"step": "nadam", "lr": 0.03},
     "keep-photo": {"step": "keep-photo", "weight": 50.0, "sigma": 1.0},
