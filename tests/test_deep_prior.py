@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from pipeline_core.run.faults import NumericGuard
 from pipeline_core.testing import check_step
 from pipeline_plugins.param.deep_prior import DeepPrior, DeepPriorStep
 
@@ -33,6 +34,14 @@ def test_any_starting_image_is_shown_exactly_at_any_size():
     assert prior.image().shape == bigger.shape and torch.allclose(prior.image(), bigger, atol=1e-5)
     prior.set_image(_photo_like(b=3, h=9, w=9))  # a level too small to reflect, another batch
     assert prior.image().shape == (3, 3, 9, 9)
+    prior.set_image(_photo_like(b=2, h=9, w=9))  # another batch alone
+    assert torch.allclose(prior.image(), _photo_like(b=2, h=9, w=9), atol=1e-5)
+
+
+def test_levels_of_one_pixel_work():
+    for size in (16, 8, 3):  # depth 4 halves 16 to a single pixel, and 3 sooner
+        prior = DeepPrior(_photo_like(b=2, h=size, w=size), width=8, depth=4)
+        assert torch.isfinite(prior.image()).all() and prior.image().shape == (2, 3, size, size)
 
 
 def test_each_image_has_its_own_network():
@@ -54,6 +63,23 @@ def test_its_state_restores_the_same_image():
     fresh = DeepPrior(torch.full((1, 3, 8, 8), 0.5), width=8, depth=2, generator=torch.Generator().manual_seed(9))
     fresh.load_state_dict(prior.state_dict())
     assert torch.equal(fresh.image(), prior.image())
+
+
+def test_a_resumed_prior_draws_what_the_first_one_drew_at_a_new_size():
+    prior = DeepPrior(_photo_like(), width=8, depth=2, generator=torch.Generator().manual_seed(4))
+    prior.set_image(_photo_like(h=24, w=24))  # resized before the checkpoint
+    with torch.no_grad():
+        for w in prior.parameters():
+            w.add_(0.05)
+    resumed = DeepPrior(_photo_like(), width=8, depth=2, generator=torch.Generator().manual_seed(4))
+    resumed.load_state_dict(prior.state_dict())
+    for p in (prior, resumed):  # and resized again after it: the same code for the same shape
+        p.set_image(_photo_like(h=28, w=30, seed=5))
+        with torch.no_grad():
+            for w in p.parameters():
+                w.add_(0.05)
+    assert torch.equal(resumed.image(), prior.image())
+    assert NumericGuard.magnitude(prior.state_dict()) == ""  # its seed is not read as an image value
 
 
 def test_a_real_run_on_the_real_model_raises_the_class(cli, mobilenet_path, tmp_path):

@@ -57,7 +57,10 @@ class NumericGuard:
     def magnitude(state: dict[str, torch.Tensor] | None) -> str:
         if not state:
             return ""
-        peak = max(float(v.detach().abs().max()) for v in state.values())
+        values = [v for v in state.values() if v.is_floating_point() and v.numel()]  # not counters or seeds
+        if not values:
+            return ""
+        peak = max(float(v.detach().abs().max()) for v in values)
         return f" (the image's values reach {peak:.3g})" if peak > 1e3 else ""
 
     def _ups(self) -> str:

@@ -24,7 +24,12 @@ Choices:
   (the network is convolutional).
 - **Instance normalisation** after each convolution (DIP used batch norm on a batch of one,
   which is the same thing) keeps every layer's scale fixed whatever the weights do.
-- **Costs** far more than a spectrum: at 224 px, width 32, about 2 GFLOPs per image forward;
+- **Use it with ``adam``** (or ``nadam``): ``gradient-step``'s ``normalize`` treats each tensor's
+  first dimension as the image, which here is one filter of one image's network.
+- **On a GPU** the padding's and the upsampling's backward passes have no deterministic
+  kernels: with ``performance.deterministic`` a run is repeatable on the CPU, not bit for bit on
+  a GPU (the run lists them under ``determinism_warnings``).
+- **Costs** far more than a spectrum: at 224 px, width 32, about 1 G multiply-adds per image forward;
   ``best_class.yaml`` with it in place of ``fourier-image`` took 2.8 times as long on one CPU
   thread (MobileNetV2, 12 images, 256 iterations).
 """
@@ -53,7 +58,10 @@ class DeepPrior(Parameterization):
         self.width, self.depth, self.code, self.skip = int(width), int(depth), int(code), int(skip)
         self.gain, self.eps = float(gain), float(eps)
         self.device = image.device
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        # one draw from the step's generator; every later draw (weights for a new batch, the code
+        # for a new size) is seeded from it and the shape, so a resumed run draws the same
+        self.seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         mix = colour_mixing_matrix() if decorrelate else torch.eye(3)
         self.mix = mix.to(self.device)
         self.batch = 0
@@ -61,9 +69,16 @@ class DeepPrior(Parameterization):
         self.set_image(image)
 
     # -- the network ------------------------------------------------------------------------
-    def _conv_weight(self, c_out: int, c_in: int, k: int) -> torch.Tensor:
+    def _draws(self, *shape: int) -> torch.Generator:
+        """A generator for one draw, seeded by the step's seed and what the draw is for."""
+        seed = self.seed
+        for n in shape:
+            seed = (seed * 1_000_003 + n) % (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def _conv_weight(self, c_out: int, c_in: int, k: int, generator: torch.Generator) -> torch.Tensor:
         fan_in = c_in * k * k
-        draw = torch.randn((self.batch * c_out, c_in, k, k), generator=self.generator)
+        draw = torch.randn((self.batch * c_out, c_in, k, k), generator=generator)
         return (draw * math.sqrt(2.0 / fan_in)).to(self.device).requires_grad_(True)
 
     def _build(self, batch: int) -> None:
@@ -78,10 +93,13 @@ class DeepPrior(Parameterization):
         for _ in range(d):
             self.shapes += [("up", w, w + s, 3), ("conv1", w, w, 1)]
         self.shapes.append(("out", 3, w, 1))
-        self.weights = [self._conv_weight(c_out, c, k) for _, c_out, c, k in self.shapes]
+        generator = self._draws(1, batch)
+        self.weights = [self._conv_weight(c_out, c, k, generator) for _, c_out, c, k in self.shapes]
 
     def _norm_act(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
-        x = torch.nn.functional.group_norm(x, x.shape[1])  # per image, per channel: instance norm
+        # per image and channel over the positions (instance norm), written out so that a level
+        # of one pixel gives 0 instead of group_norm's error
+        x = (x - x.mean((-2, -1), keepdim=True)) * torch.rsqrt(x.var((-2, -1), unbiased=False, keepdim=True) + 1e-5)
         return torch.nn.functional.leaky_relu(x, 0.2) if act else x
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -111,8 +129,8 @@ class DeepPrior(Parameterization):
         return out.view(self.batch, 3, *out.shape[-2:])
 
     def _code(self, batch: int, h: int, w: int) -> torch.Tensor:
-        """The fixed input, redrawn from its seed (a checkpoint keeps the seed, not the tensor)."""
-        draw = torch.rand((1, batch * self.code, h, w), generator=torch.Generator().manual_seed(self._z_seed))
+        """The fixed input for this shape, redrawn from the seed (a checkpoint keeps no code)."""
+        draw = torch.rand((1, batch * self.code, h, w), generator=self._draws(2, batch, h, w))
         return (draw * 0.1).to(self.device)
 
     def _logits(self) -> torch.Tensor:
@@ -127,8 +145,7 @@ class DeepPrior(Parameterization):
         b, _, h, w = image.shape
         if b != self.batch:
             self._build(b)
-        if getattr(self, "z", None) is None or self.z.shape[-2:] != (h, w):
-            self._z_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        if getattr(self, "z", None) is None or self.z.shape != (1, b * self.code, h, w):
             self.z = self._code(b, h, w)
         with torch.no_grad():
             self.offset = torch.logit(image.clamp(self.eps, 1 - self.eps)) - self._logits()
@@ -138,15 +155,15 @@ class DeepPrior(Parameterization):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"p{i}": p.detach().clone() for i, p in enumerate(self.weights)}
-        state.update(z_seed=torch.tensor(self._z_seed), offset=self.offset.clone())
+        state.update(offset=self.offset.clone(), seed=torch.tensor(self.seed))
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.offset = state["offset"].to(self.device)
+        self.seed = int(state["seed"])
         b, _, h, w = self.offset.shape
-        if b != self.batch:
+        if b != self.batch:  # otherwise the same tensors take the values (an optimiser keeps them)
             self._build(b)
-        self._z_seed = int(state["z_seed"])
         self.z = self._code(b, h, w)
         with torch.no_grad():
             for i, p in enumerate(self.weights):
