@@ -233,7 +233,7 @@ class LayerObjective(Step):
         bad = [c for c in channels if c >= n]
         if bad:
             raise RecipeError(f"channel {bad[0]} is out of range: layer '{path}' has {n} channels (0..{n - 1})",
-                              Location(step_index=self.index, step_name=self.name, key=key))
+                              self.where(key))
 
     def value(self, ctx: "RunContext", out: "ModelOutput") -> torch.Tensor:
         """The quantity ``sign`` acts on, for the images this step acts on: shape (len(images),)."""

@@ -140,6 +140,10 @@ class Step:
     def __repr__(self) -> str:
         return f"<step {self.index} {self.name}>"
 
+    def where(self, key: str | None = None) -> Location:
+        """This step's place in the recipe, for a RecipeError: the host adds the file and line."""
+        return Location(step_index=self.index, step_name=self.name, key=key)
+
     def ramp(self, value: "float | tuple[float, float]", iteration: int) -> float:
         """A parameter given as one number or as ``[start, end]``, at ``iteration``: the pair moves
         linearly over the step's active iterations (its start value where there is no schedule)."""

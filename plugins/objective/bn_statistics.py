@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, StepParams
 
@@ -110,7 +110,7 @@ class BNStatistics(Step):
         module = ctx.model.module
         found = batchnorm_layers(module)
         paths = list(self.params.layers) if self.params.layers is not None else found
-        where = Location(step_index=self.index, step_name=self.name, key="layers")
+        where = self.where("layers")
         self.layer_paths: list[str] = []
         if not paths and not self.params.required:
             self.scale = torch.zeros(0, device=ctx.device)
@@ -155,8 +155,7 @@ class BNStatistics(Step):
             photos = [str(BUILTIN_PHOTOS / "*.png"), str(BUILTIN_PHOTOS / "*.jpg")]
         files = expand_images([photos] if isinstance(photos, str) else photos)
         if not files:
-            raise RecipeError(f"no photo matches {photos!r}", Location(step_index=self.index, step_name=self.name,
-                                                                      key="photos"))
+            raise RecipeError(f"no photo matches {photos!r}", self.where("photos"))
         side = ctx.model.size or 224
         total: dict[str, torch.Tensor] = {}
         squares: dict[str, torch.Tensor] = {}
@@ -165,8 +164,7 @@ class BNStatistics(Step):
             try:
                 photo = load_photo(file)
             except RecipeError as exc:
-                raise RecipeError(exc.message, Location(step_index=self.index, step_name=self.name,
-                                                        key="photos")) from None
+                raise RecipeError(exc.message, self.where("photos")) from None
             photo = TF.resize(photo, [round(side * 1.25)], antialias=True)
             views = torch.stack(TF.ten_crop(photo, [side, side])).to(ctx.device)
             with torch.no_grad():

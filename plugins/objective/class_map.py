@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.objectives import ClassObjective, TargetParams
 
@@ -108,7 +108,7 @@ class ClassMap(ClassObjective):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         module = ctx.model.module
-        where = Location(step_index=self.index, step_name=self.name)
+        where = self.where()
         n = len(ctx.model.categories)
         if isinstance(getattr(module, "ensemble", None), nn.ModuleList):
             raise RecipeError("class-map reads the main model's classifier only, so model.ensemble's members would "
@@ -121,10 +121,10 @@ class ClassMap(ClassObjective):
             linear = module.get_submodule(path)
         except AttributeError:
             raise RecipeError(f"the model has no module '{path}' ('pipeline layers' lists them)",
-                              Location(step_index=self.index, step_name=self.name, key="classifier")) from None
+                              self.where("classifier")) from None
         if not isinstance(linear, nn.Linear) or linear.out_features != n:
             raise RecipeError(f"'{path}' is not a linear layer with {n} outputs",
-                              Location(step_index=self.index, step_name=self.name, key="classifier"))
+                              self.where("classifier"))
         try:
             layer = pooled_layer(module, path, ctx.model.size or 224, ctx.device, self.params.layer)
         except AttributeError:
@@ -132,7 +132,7 @@ class ClassMap(ClassObjective):
         if layer is None and self.params.layer:
             raise RecipeError(f"layer '{self.params.layer}' is not the map whose average over positions '{path}' "
                               "turns into the logits; leave 'layer' out to find it ('pipeline layers' lists them)",
-                              Location(step_index=self.index, step_name=self.name, key="layer"))
+                              self.where("layer"))
         if layer is None:
             raise RecipeError(f"no module output is a map of {linear.in_features} channels whose average over "
                               f"positions '{path}' turns into the logits (this model's head does more than average "
@@ -141,7 +141,7 @@ class ClassMap(ClassObjective):
         shape = ctx.model.layer_shapes()[layer]
         if len(shape) != 3 or shape[0] != linear.in_features:
             raise RecipeError(f"layer '{layer}' gives {tuple(shape)} per image, not a map of {linear.in_features} "
-                              f"channels", Location(step_index=self.index, step_name=self.name, key="layer"))
+                              f"channels", self.where("layer"))
         self.classifier_path, self.layer_path = path, layer
         self.w = linear.weight.detach().float()[self.class_tensor]  # (B, C)
         self.b = (linear.bias.detach().float()[self.class_tensor] if linear.bias is not None

@@ -80,7 +80,7 @@ class Direction(LayerObjective):
         n = self.channels(ctx, self.params.layer)
         if self.vector.numel() != n:
             raise RecipeError(f"the direction has {self.vector.numel()} numbers but layer '{self.params.layer}' has "
-                              f"{n} channels", Location(step_index=self.index, step_name=self.name, key="direction"))
+                              f"{n} channels", self.where("direction"))
         self.unit = self.vector.to(ctx.device)
 
     def value(self, ctx, out):

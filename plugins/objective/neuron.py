@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 
 from .channel import Channel, ChannelParams
@@ -32,15 +32,14 @@ class Neuron(Channel):
         shape = ctx.model.layer_shapes()[self.params.layer]
         if len(shape) != 3:
             raise RecipeError(f"layer '{self.params.layer}' has no spatial grid (its output is {tuple(shape)} per "
-                              "image); use the channel objective", Location(step_index=self.index,
-                                                                            step_name=self.name, key="layer"))
+                              "image); use the channel objective", self.where("layer"))
         h, w = shape[1], shape[2]
         self.pos = (h // 2 if self.params.y is None else self.params.y, w // 2 if self.params.x is None else self.params.x)
         for key, v, n in (("y", self.pos[0], h), ("x", self.pos[1], w)):
             if v >= n:
                 raise RecipeError(f"{key}={v} is outside layer '{self.params.layer}', whose grid is {h}x{w} "
                                   f"(rows 0..{h - 1}, columns 0..{w - 1}) at the model's input size",
-                                  Location(step_index=self.index, step_name=self.name, key=key))
+                                  self.where(key))
 
     def value(self, ctx, out):
         act = out.layer(self.params.layer)

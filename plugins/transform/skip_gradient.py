@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline_core.errors import Location, RecipeError
+from pipeline_core.errors import RecipeError
 from pipeline_core.hookspecs import hookimpl
 from pipeline_core.step import Step, StepKind, TransformParams
 
@@ -110,7 +110,7 @@ class SkipGradient(Step):
 
     def setup(self, ctx) -> None:
         module = ctx.model.module
-        where = Location(step_index=self.index, step_name=self.name, key="layers")
+        where = self.where("layers")
         if self.params.layers is not None:
             paths = list(self.params.layers)
             for p in paths:
