@@ -66,6 +66,7 @@ class DeepPrior(Parameterization):
         self.mix = mix.to(self.device)
         self.batch = 0
         self.weights: list[torch.Tensor] = []
+        self.z: torch.Tensor | None = None
         self.set_image(image)
 
     # -- the network ------------------------------------------------------------------------
@@ -85,22 +86,22 @@ class DeepPrior(Parameterization):
         """Draw the weights of ``batch`` networks: per level down, conv, skip; then up, conv."""
         self.batch = batch
         w, s, d = self.width, self.skip, self.depth
-        self.shapes: list[tuple[str, int, int, int]] = []
+        shapes: list[tuple[int, int, int]] = []  # (out, in, kernel), in the order _net takes them
         c_in = self.code
         for _ in range(d):
-            self.shapes += [("down", w, c_in, 3), ("conv", w, w, 3), ("skip", s, c_in, 1)]
+            shapes += [(w, c_in, 3), (w, w, 3), (s, c_in, 1)]  # down (stride 2), conv, skip
             c_in = w
         for _ in range(d):
-            self.shapes += [("up", w, w + s, 3), ("conv1", w, w, 1)]
-        self.shapes.append(("out", 3, w, 1))
+            shapes += [(w, w + s, 3), (w, w, 1)]  # up (after upsampling and the skip), conv
+        shapes.append((3, w, 1))  # out
         generator = self._draws(1, batch)
-        self.weights = [self._conv_weight(c_out, c, k, generator) for _, c_out, c, k in self.shapes]
+        self.weights = [self._conv_weight(c_out, c, k, generator) for c_out, c, k in shapes]
 
-    def _norm_act(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
+    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
         # per image and channel over the positions (instance norm), written out so that a level
         # of one pixel gives 0 instead of group_norm's error
         x = (x - x.mean((-2, -1), keepdim=True)) * torch.rsqrt(x.var((-2, -1), unbiased=False, keepdim=True) + 1e-5)
-        return torch.nn.functional.leaky_relu(x, 0.2) if act else x
+        return torch.nn.functional.leaky_relu(x, 0.2)
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
         pad = weight.shape[-1] // 2
@@ -145,7 +146,7 @@ class DeepPrior(Parameterization):
         b, _, h, w = image.shape
         if b != self.batch:
             self._build(b)
-        if getattr(self, "z", None) is None or self.z.shape != (1, b * self.code, h, w):
+        if self.z is None or self.z.shape != (1, b * self.code, h, w):
             self.z = self._code(b, h, w)
         with torch.no_grad():
             self.offset = torch.logit(image.clamp(self.eps, 1 - self.eps)) - self._logits()
